@@ -13,7 +13,7 @@ import base64
 import enum
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -80,7 +80,7 @@ class InputAudioBufferCommit(_Message):
     final: bool = False
 
 
-ClientEvent = Union[SessionUpdate, InputAudioBufferAppend, InputAudioBufferCommit]
+ClientEvent = SessionUpdate | InputAudioBufferAppend | InputAudioBufferCommit
 
 
 # -- server -> client -------------------------------------------------------------------------
@@ -127,7 +127,7 @@ class ErrorEvent(_Message):
     code: str | None = None
 
 
-ServerEvent = Union[SessionCreated, TranscriptionDelta, TranscriptionDone, ErrorEvent]
+ServerEvent = SessionCreated | TranscriptionDelta | TranscriptionDone | ErrorEvent
 
 
 @dataclass(frozen=True, slots=True)

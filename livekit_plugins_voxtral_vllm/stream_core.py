@@ -1,0 +1,865 @@
+"""``StreamCore``: the sans-I/O heart of one speech stream.
+
+It takes the stream's 16 kHz audio, speech boundaries (from the endpointer or a LiveKit VAD),
+flushes, the clock and what each vLLM socket ("lane") receives, and returns actions: open or
+close a lane, send text frames on a lane, emit a stream event, or fail the stream.
+
+How an utterance becomes captions:
+
+1. ``speech_started`` opens a *generation* on a lane that can take one (an OPEN, IDLE,
+   reusable socket) with pre-roll audio from :class:`~.history.AudioHistory`; live audio then
+   follows. If every lane is busy (the previous utterance is still finishing), a second lane
+   is opened at once instead of waiting for its ``done``.
+2. ``speech_ended`` / ``flush`` send ``final``; the lane's ``done`` closes the generation.
+3. Deltas are fed to the :class:`~.segmenter.CaptionSegmenter` strictly in generation order
+   (a later generation's deltas wait until the earlier one is done), so captions stay in order.
+4. A generation that is lost (socket drop, ``processing_error``, watchdog) or stopped by the
+   server (unsolicited ``done`` at max_model_len), one that nears max_model_len (rollover), or
+   one that lags too far behind (backpressure) is *continued* by a new generation that starts
+   at a quiet point after the last word already captioned, replaying the audio from there.
+   Finals already emitted are never emitted again; every word is transcribed once.
+
+Nothing here blocks or touches a socket; ``now`` is monotonic seconds from the glue.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .connection import RealtimeConnection
+from .events import (
+    ConnectionState,
+    DeltaReceived,
+    FinishReason,
+    GenerationFailed,
+    GenerationFinished,
+    MalformedMessageReceived,
+    ServerErrorReceived,
+    SessionCreated,
+)
+from .history import AudioHistory
+from .log import logger
+from .protocol import SAMPLE_RATE, STEP_SAMPLES, ErrorKind, Usage
+from .segmenter import (
+    CaptionEvent,
+    CaptionFinal,
+    CaptionInterim,
+    CaptionSegmenter,
+    SegmenterOptions,
+)
+
+__all__ = [
+    "CoreOptions",
+    "LagPolicy",
+    "StreamCore",
+    "StreamStats",
+    "OpenLane",
+    "SendOnLane",
+    "CloseLane",
+    "SpeechStarted",
+    "SpeechEnded",
+    "Interim",
+    "Final",
+    "UsageReport",
+    "StreamFailed",
+    "Action",
+    "StreamEvent",
+]
+
+_MS = SAMPLE_RATE // 1000
+
+
+class LagPolicy(str, enum.Enum):
+    """What to do when the server falls further behind the audio than ``max_lag_s``."""
+
+    CATCH_UP = "catch_up"
+    """Stay live: abandon the lagging generation, caption what it had, drop the backlog
+    (counted in ``dropped_audio_s``) and continue from the live edge."""
+    WAIT = "wait"
+    """Keep everything; captions arrive later and later (a warning is logged per episode)."""
+
+
+@dataclass(frozen=True)
+class CoreOptions:
+    """Settings of :class:`StreamCore` (validated by ``STT``)."""
+
+    model: str
+    language: str | None = None
+    transcription_delay_ms: int = 480
+    preroll_ms: int = 300
+    max_model_len: int | None = None
+    rollover_fraction: float = 0.85
+    max_lanes: int = 2
+    history_s: float = 20.0
+    max_lag_s: float = 5.0
+    lag_policy: LagPolicy = LagPolicy.CATCH_UP
+    input_stall_s: float = 2.0
+    generation_timeout_s: float = 10.0
+    max_reconnects: int = 3
+    reconnect_interval_s: float = 2.0
+    segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
+
+
+# -- actions and stream events ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenLane:
+    lane: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendOnLane:
+    lane: int
+    frames: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseLane:
+    lane: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Interim:
+    segment: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    segment: int
+    caption: CaptionFinal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    generation: int
+    audio_s: float
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """The stream cannot go on. ``configuration`` errors are the user's to fix (no retry)."""
+
+    message: str
+    configuration: bool
+
+
+StreamEvent = SpeechStarted | SpeechEnded | Interim | Final | UsageReport
+Action = OpenLane | SendOnLane | CloseLane | StreamEvent | StreamFailed
+
+
+@dataclass
+class StreamStats:
+    """Counters a user can read or log (``stream.stats``)."""
+
+    generations: int = 0
+    reconnects: int = 0
+    rollovers: int = 0
+    unsolicited_done: int = 0
+    lost_generations: int = 0
+    dropped_audio_s: float = 0.0
+    lag_s: float = 0.0
+    peak_lag_s: float = 0.0
+    first_text_latency_s: float | None = None
+    final_latency_s: float | None = None
+    malformed_messages: int = 0
+    server_errors: int = 0
+    audio_sent_s: float = 0.0
+
+
+# -- internal records ------------------------------------------------------------------------
+
+
+class _Phase(enum.Enum):
+    WAITING = "waiting"  # no lane yet
+    RUNNING = "running"  # commit sent, audio flowing
+    FINALIZING = "finalizing"  # final sent, waiting for done
+    ENDED = "ended"  # done, or lost and replaced
+
+
+@dataclass(eq=False)
+class _Generation:
+    """One vLLM generation: the stream audio ``[start, end)`` (``end`` None while live)."""
+
+    gid: int
+    start: int
+    end: int | None = None
+    sent_until: int = 0
+    phase: _Phase = _Phase.WAITING
+    lane: int | None = None
+    muted: bool = False  # its captions were closed at a cut; later output is ignored
+    steps: int = 0
+    onset_s: float | None = None
+    pending: list[DeltaReceived | GenerationFinished] = field(default_factory=list)
+    finished: bool = False
+    last_activity: float = 0.0
+    lag_warned: bool = False
+
+
+@dataclass(eq=False)
+class _Lane:
+    lane: int
+    conn: RealtimeConnection | None = None  # None while the socket is connecting
+    gen: _Generation | None = None
+
+
+class StreamCore:
+    """The sans-I/O core of one stream. See the module docstring.
+
+    After every input, drain :meth:`actions` and re-arm :meth:`get_timer`.
+    """
+
+    def __init__(self, options: CoreOptions) -> None:
+        self._opts = options
+        self.stats = StreamStats()
+        self._history = AudioHistory(int(options.history_s * SAMPLE_RATE))
+        self._segmenter = CaptionSegmenter(options.segmenter)
+        self._actions: list[Action] = []
+        self._lanes: dict[int, _Lane] = {}
+        self._next_lane = 1
+        self._next_gid = 1
+        # generations whose captions are still to come, in caption order
+        self._order: collections.deque[_Generation] = collections.deque()
+        self._live: _Generation | None = None
+        self._speaking = False
+        self._last_gen_end = 0
+        self._input_ended = False
+        self._failed = False
+        self._last_audio_at: float | None = None
+        self._connect_failures = 0
+        self._reconnect_at: float | None = None
+        self._push_marks: collections.deque[tuple[int, float]] = collections.deque()
+        self._prompt_tokens = 33 + options.transcription_delay_ms // 80
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once input ended and every generation's captions were emitted."""
+        return self._input_ended and self._live is None and not self._order
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    @property
+    def samples_received(self) -> int:
+        return self._history.end
+
+    @property
+    def open_lanes(self) -> int:
+        return len(self._lanes)
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    def actions(self) -> list[Action]:
+        """Actions since the last call, in order (lane frames last). Clears the list."""
+        for lane in self._lanes.values():
+            if lane.conn is not None:
+                frames = lane.conn.data_to_send()
+                if frames:
+                    self._actions.append(SendOnLane(lane.lane, frames))
+        out, self._actions = self._actions, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """The next ``now`` at which :meth:`handle_timer` must be called, if any."""
+        deadlines: list[float] = []
+        if self._reconnect_at is not None:
+            deadlines.append(self._reconnect_at)
+        if self._live is not None and self._last_audio_at is not None:
+            deadlines.append(self._last_audio_at + self._opts.input_stall_s)
+        for lane in self._lanes.values():
+            gen = lane.gen
+            if gen is not None and gen.phase in (_Phase.RUNNING, _Phase.FINALIZING):
+                deadlines.append(gen.last_activity + self._opts.generation_timeout_s)
+        return min(deadlines) if deadlines else None
+
+    # -- app inputs ------------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Open the warm lane (prewarm)."""
+        self._ensure_lanes(1)
+
+    def push_audio(self, samples: np.ndarray, now: float) -> None:
+        """Append 16 kHz mono int16 audio to the stream and send it to the live generation."""
+        if self._failed or samples.size == 0:
+            return
+        self._history.append(samples)
+        self._last_audio_at = now
+        marks = self._push_marks
+        marks.append((self._history.end, now))
+        while len(marks) > 2 and marks[1][0] < self._history.start:
+            marks.popleft()
+        if self._live is not None:
+            self._feed(self._live, now)
+
+    def speech_started(self, start_sample: int, now: float) -> None:
+        """Speech began at ``start_sample`` (absolute, 16 kHz): start a generation with
+        pre-roll, on a lane that can take it (opening one if the others are busy)."""
+        if self._failed or self._input_ended or self._live is not None:
+            return
+        if not self._speaking:
+            self._speaking = True
+            self._actions.append(SpeechStarted())
+        start = max(
+            start_sample - self._opts.preroll_ms * _MS, self._last_gen_end, self._history.start
+        )
+        gen = self._new_generation(start, now)
+        gen.onset_s = max(start_sample, start) / SAMPLE_RATE
+        self._live = gen
+        self._order.append(gen)
+        self._assign(now)
+
+    def speech_ended(self, end_sample: int, now: float) -> None:
+        """The endpointer saw enough silence: finish the live generation (``final``)."""
+        self._end_live(now)
+
+    def flush(self, now: float) -> None:
+        """End the current utterance now (LiveKit's flush, end of turn)."""
+        self._end_live(now)
+
+    def end_input(self, now: float) -> None:
+        """No more audio: finish everything; :attr:`finished` turns True when all is emitted."""
+        self._end_live(now)
+        self._input_ended = True
+        self._maybe_speech_ended()
+        self._trim_idle_lanes()
+
+    def close(self) -> None:
+        """Forget every lane (the glue closes the sockets)."""
+        for lane in self._lanes.values():
+            if lane.conn is not None:
+                lane.conn.close()
+        self._lanes.clear()
+
+    def update_options(self, *, language: str | None, segmenter: SegmenterOptions) -> None:
+        """New language label (sent in ``session.update`` of new sockets) and segmentation,
+        applied from the next utterance."""
+        self._opts = dataclasses.replace(self._opts, language=language, segmenter=segmenter)
+        self._segmenter.options = segmenter
+
+    def handle_timer(self, now: float) -> None:
+        if self._failed:
+            return
+        if self._reconnect_at is not None and now >= self._reconnect_at:
+            self._reconnect_at = None
+            self._assign(now)
+            self._ensure_lanes(1)
+        if (
+            self._live is not None
+            and self._last_audio_at is not None
+            and now - self._last_audio_at >= self._opts.input_stall_s
+        ):
+            # A muted track or a stalled producer: never leave a generation open without audio
+            # (vLLM 0.17-0.24 kill it silently after 60 s, §2.4); end the utterance instead.
+            logger.debug("no audio for %.1fs, ending the utterance", now - self._last_audio_at)
+            self._end_live(now)
+        for lane in list(self._lanes.values()):
+            gen, conn = lane.gen, lane.conn
+            if gen is None or conn is None or gen.phase not in (_Phase.RUNNING, _Phase.FINALIZING):
+                continue
+            if now - gen.last_activity < self._opts.generation_timeout_s:
+                continue
+            if gen.phase is _Phase.FINALIZING or conn.expected_steps > conn.steps:
+                logger.warning(
+                    "generation %d: no output from vLLM for %.1fs, treating it as lost",
+                    gen.gid,
+                    now - gen.last_activity,
+                )
+                self._drop_lane(lane.lane, now, "no output from the server")
+            else:
+                gen.last_activity = now  # nothing owed yet (less audio than one step)
+
+    # -- lane inputs -----------------------------------------------------------------------------
+
+    def lane_connected(self, lane_id: int, now: float) -> None:
+        """The glue opened the socket of ``lane_id``; ``session.update`` goes out now."""
+        lane = self._lanes.get(lane_id)
+        if lane is None:
+            return
+        lane.conn = RealtimeConnection(
+            model=self._opts.model,
+            language=self._opts.language,
+            transcription_delay_ms=self._opts.transcription_delay_ms,
+        )
+        self._assign(now)
+
+    def lane_received(self, lane_id: int, text: str, now: float) -> None:
+        """A text frame arrived on ``lane_id``."""
+        lane = self._lanes.get(lane_id)
+        if lane is None or lane.conn is None:
+            return
+        lane.conn.receive_text(text, now)
+        self._process_lane_events(lane, now)
+
+    def lane_lost(self, lane_id: int, now: float, reason: str) -> None:
+        """The socket of ``lane_id`` ended, or could not be opened."""
+        lane = self._lanes.get(lane_id)
+        if lane is None:
+            return
+        if lane.conn is None or lane.conn.session_id is None:
+            self._connect_failures += 1
+        self.stats.reconnects += 1
+        self._drop_lane(lane_id, now, reason)
+
+    # -- internals: lanes ------------------------------------------------------------------------
+
+    def _drop_lane(self, lane_id: int, now: float, reason: str) -> None:
+        lane = self._lanes.pop(lane_id, None)
+        if lane is None:
+            return
+        self._actions.append(CloseLane(lane_id))
+        if lane.conn is not None:
+            lane.conn.connection_lost(now)
+            self._process_lane_events(lane, now, assign=False)
+        if lane.gen is not None and lane.gen.phase is not _Phase.ENDED:
+            gen, lane.gen = lane.gen, None
+            self._continue_after_loss(gen, now, reason)
+        if self._connect_failures > self._opts.max_reconnects:
+            self._fail(
+                f"could not reach the vLLM server after {self._connect_failures} attempts "
+                f"({reason})",
+                configuration=False,
+            )
+            return
+        if self._connect_failures and self._reconnect_at is None:
+            backoff = 0.1 if self._connect_failures == 1 else self._opts.reconnect_interval_s
+            self._reconnect_at = now + backoff
+            return
+        self._assign(now)
+        self._ensure_lanes(1)
+
+    def _ensure_lanes(self, wanted: int) -> None:
+        """Open lanes until ``wanted`` exist (at most max_lanes), unless backing off."""
+        if self._failed or self._reconnect_at is not None:
+            return
+        while len(self._lanes) < min(wanted, self._opts.max_lanes):
+            lane_id = self._next_lane
+            self._next_lane += 1
+            self._lanes[lane_id] = _Lane(lane_id)
+            self._actions.append(OpenLane(lane_id))
+
+    def _assign(self, now: float) -> None:
+        """Give waiting generations, in order, a lane that can start one."""
+        waiting = [g for g in self._order if g.phase is _Phase.WAITING]
+        if (
+            self._live is not None
+            and self._live.phase is _Phase.WAITING
+            and self._live not in waiting
+        ):
+            waiting.append(self._live)
+        for gen in waiting:
+            lane = next(
+                (
+                    ln
+                    for ln in self._lanes.values()
+                    if ln.gen is None and ln.conn is not None and ln.conn.can_start_generation
+                ),
+                None,
+            )
+            if lane is None:
+                busy = sum(1 for ln in self._lanes.values() if ln.gen is not None)
+                self._ensure_lanes(busy + 1)
+                return
+            assert lane.conn is not None
+            lane.gen = gen
+            gen.lane = lane.lane
+            gen.phase = _Phase.RUNNING
+            gen.last_activity = now
+            lane.conn.start_generation(now)
+            self.stats.generations += 1
+            self._feed(gen, now)
+        self._trim_idle_lanes()
+
+    def _trim_idle_lanes(self) -> None:
+        """Keep one warm idle lane (none after end of input); close the rest."""
+        keep = 0 if self._input_ended else 1
+        for lane in list(self._lanes.values()):
+            if lane.gen is not None or lane.conn is None:
+                continue
+            if lane.conn.can_start_generation and keep:
+                keep -= 1
+                continue
+            if lane.conn.state is ConnectionState.CONNECTING and lane.conn.reusable and keep:
+                keep -= 1
+                continue
+            self._retire_lane(lane.lane)
+
+    def _retire_lane(self, lane_id: int | None) -> None:
+        if lane_id is None:
+            return
+        lane = self._lanes.pop(lane_id, None)
+        if lane is not None:
+            if lane.conn is not None:
+                lane.conn.close()
+                self._collect(lane)
+            self._actions.append(CloseLane(lane_id))
+
+    def _collect(self, lane: _Lane) -> None:
+        if lane.conn is not None:
+            frames = lane.conn.data_to_send()
+            if frames:
+                self._actions.append(SendOnLane(lane.lane, frames))
+
+    # -- internals: audio ------------------------------------------------------------------------
+
+    def _new_generation(self, start: int, now: float) -> _Generation:
+        gen = _Generation(gid=self._next_gid, start=start, sent_until=start, last_activity=now)
+        self._next_gid += 1
+        return gen
+
+    def _feed(self, gen: _Generation, now: float) -> None:
+        """Send ``gen`` the audio it is owed; send ``final`` once its range is complete."""
+        if gen.phase is not _Phase.RUNNING or gen.lane is None:
+            return
+        lane = self._lanes.get(gen.lane)
+        if lane is None or lane.conn is None:
+            return
+        conn = lane.conn
+        if gen.sent_until < self._history.start:
+            # the history no longer holds it (a very long outage): count what is lost
+            self.stats.dropped_audio_s += (self._history.start - gen.sent_until) / SAMPLE_RATE
+            gen.sent_until = self._history.start
+        until = self._history.end if gen.end is None else min(gen.end, self._history.end)
+        if until > gen.sent_until:
+            audio = self._history.slice(gen.sent_until, until)
+            conn.send_audio(audio)
+            gen.sent_until = until
+            self.stats.audio_sent_s += audio.size / SAMPLE_RATE
+        if gen.end is not None and gen.sent_until >= gen.end:
+            conn.finish_generation(now)
+            gen.phase = _Phase.FINALIZING
+            gen.last_activity = now
+        elif gen is self._live:
+            self._check_lag(gen, conn, now)
+
+    def _end_live(self, now: float) -> None:
+        gen = self._live
+        if gen is None:
+            return
+        self._live = None
+        gen.end = self._history.end
+        self._last_gen_end = gen.end
+        self._feed(gen, now)
+
+    # -- internals: server output ------------------------------------------------------------------
+
+    def _process_lane_events(self, lane: _Lane, now: float, assign: bool = True) -> None:
+        assert lane.conn is not None
+        for ev in lane.conn.events_received():
+            gen = lane.gen
+            if isinstance(ev, DeltaReceived):
+                if gen is None:
+                    continue
+                gen.last_activity = now
+                gen.steps = ev.step + 1
+                if not gen.muted:
+                    self._route(gen, ev, now)
+                    self._after_step(gen, lane.conn, now)
+            elif isinstance(ev, GenerationFinished):
+                if gen is None:
+                    continue
+                lane.gen = None
+                self._on_finished(gen, ev, now)
+            elif isinstance(ev, GenerationFailed):
+                if gen is None:
+                    continue
+                lane.gen = None
+                self.stats.lost_generations += 1
+                logger.warning("generation %d lost: %s", gen.gid, ev.reason)
+                self._continue_after_loss(gen, now, ev.reason)
+            elif isinstance(ev, ServerErrorReceived):
+                self.stats.server_errors += 1
+                if ev.kind is ErrorKind.CONFIGURATION:
+                    self._fail(_explain(ev), configuration=True)
+                    return
+                if ev.kind is ErrorKind.CLIENT_BUG:
+                    logger.error("vLLM rejected a message: %s (%s)", ev.message, ev.code)
+            elif isinstance(ev, MalformedMessageReceived):
+                self.stats.malformed_messages += 1
+                logger.warning(
+                    "ignoring a malformed message from vLLM: %s",
+                    ev.reason,
+                    extra={"lk.pii.data": ev.raw[:200]},
+                )
+            elif isinstance(ev, SessionCreated):
+                logger.debug("lane %d: vLLM session %s", lane.lane, ev.session_id)
+        if assign and not self._failed:
+            self._assign(now)
+
+    def _route(self, gen: _Generation, ev: DeltaReceived | GenerationFinished, now: float) -> None:
+        """Feed ``gen``'s output to the segmenter if it is first in order, else hold it."""
+        if self._order and self._order[0] is gen:
+            self._apply(gen, ev, now)
+        else:
+            gen.pending.append(ev)
+
+    def _apply(self, gen: _Generation, ev: DeltaReceived | GenerationFinished, now: float) -> None:
+        seg = self._segmenter
+        if not seg.has_open_generation:
+            seg.start_generation(gen.start / SAMPLE_RATE)
+            if gen.onset_s is not None:
+                seg.receive_onset(gen.onset_s)
+        if isinstance(ev, DeltaReceived):
+            step_end = gen.start + (ev.step + 1) * STEP_SAMPLES
+            if ev.delta.strip() and self.stats.first_text_latency_s is None:
+                self.stats.first_text_latency_s = self._latency(step_end - STEP_SAMPLES // 2, now)
+            self._emit_captions(seg.receive_delta(ev.delta, step_end / SAMPLE_RATE), now)
+        else:
+            end_s = (gen.start + ev.steps * STEP_SAMPLES) / SAMPLE_RATE
+            self._emit_captions(seg.finish_generation(ev.text, end_s), now)
+            self._report_usage(gen, ev)
+            gen.finished = True
+
+    def _emit_captions(self, captions: list[CaptionEvent], now: float) -> None:
+        for cap in captions:
+            if isinstance(cap, CaptionInterim):
+                self._actions.append(Interim(cap.segment, cap.text))
+            else:
+                self._actions.append(Final(cap.segment, cap))
+                lat = self._latency(int(cap.end_s * SAMPLE_RATE), now)
+                if lat is not None:
+                    self.stats.final_latency_s = lat
+
+    def _latency(self, sample: int, now: float) -> float | None:
+        """Wall time since the audio at absolute ``sample`` was pushed."""
+        marks = self._push_marks
+        i = bisect.bisect_left(marks, (sample, float("-inf")))
+        if i >= len(marks):
+            return None
+        return max(0.0, now - marks[i][1])
+
+    def _report_usage(self, gen: _Generation, ev: GenerationFinished) -> None:
+        usage: Usage | None = ev.usage
+        self._actions.append(
+            UsageReport(
+                generation=gen.gid,
+                audio_s=ev.samples_sent / SAMPLE_RATE,
+                input_tokens=usage.prompt_tokens if usage else 0,
+                output_tokens=(usage.completion_tokens or 0) if usage else 0,
+            )
+        )
+
+    def _on_finished(self, gen: _Generation, ev: GenerationFinished, now: float) -> None:
+        if ev.reason is FinishReason.REQUESTED:
+            self._connect_failures = 0  # a whole generation worked: the budget starts over
+        else:
+            self.stats.unsolicited_done += 1
+            logger.info("generation %d reached max_model_len; continuing in a new one", gen.gid)
+            self._retire_lane(gen.lane)
+        gen.phase = _Phase.ENDED
+        if gen.muted:
+            # rolled over: its captions were closed at the cut; only usage remains
+            self._report_usage(gen, ev)
+            return
+        self._route(gen, ev, now)
+        if ev.reason is FinishReason.MAX_MODEL_LEN:
+            # The server stopped it while audio still flowed (§2.3): carry on from a quiet
+            # point after the last word it transcribed, with the audio it had not consumed.
+            transcribed_end = gen.start + ev.steps * STEP_SAMPLES
+            last_word = self._last_word_end(gen, pending_done=ev)
+            cut = self._cut_after(last_word, gen.start, transcribed_end)
+            self._continue(gen, cut, now, after=True)
+        self._advance(now)
+
+    def _continue_after_loss(self, gen: _Generation, now: float, reason: str) -> None:
+        """``gen`` died without ``done``: replay its audio from after the last final."""
+        if gen.phase is _Phase.ENDED:
+            return
+        gen.phase = _Phase.ENDED
+        if gen.muted:
+            return
+        if self._order and self._order[0] is gen and self._segmenter.has_open_generation:
+            resume = self._segmenter.abandon_generation()
+            resume_sample = int(resume.resume_s * SAMPLE_RATE)
+            if resume_sample > gen.start:
+                cut = self._cut_after(resume_sample, gen.start, gen.sent_until)
+            else:
+                cut = gen.start
+        else:
+            cut = gen.start  # none of its output reached the captions
+        gen.pending.clear()
+        self._continue(gen, cut, now, after=False)
+        self._advance(now)
+
+    def _continue(self, old: _Generation, cut: int, now: float, after: bool) -> None:
+        """A new generation over ``[cut, old.end)`` that takes ``old``'s place in caption order
+        (``after``: right behind ``old``, whose captions are still to be released)."""
+        new = self._new_generation(cut, now)
+        new.end = old.end
+        if old.end is None and self._live is old:
+            self._live = new
+        if old in self._order:
+            idx = self._order.index(old)
+            if after:
+                self._order.insert(idx + 1, new)
+            else:
+                self._order[idx] = new
+        else:
+            self._order.appendleft(new)
+        self._assign(now)
+
+    def _advance(self, now: float) -> None:
+        """Pop finished generations from the head and release the next one's held output."""
+        while self._order:
+            head = self._order[0]
+            if head.finished:
+                self._order.popleft()
+                continue
+            if head.pending:
+                held, head.pending = head.pending, []
+                for ev in held:
+                    self._apply(head, ev, now)
+                continue
+            break
+        self._maybe_speech_ended()
+
+    def _maybe_speech_ended(self) -> None:
+        if self._speaking and self._live is None and not self._order:
+            self._speaking = False
+            self._actions.append(SpeechEnded())
+
+    # -- internals: cut points, rollover, lag ----------------------------------------------------
+
+    def _last_word_end(self, gen: _Generation, pending_done: GenerationFinished) -> int | None:
+        last = self._segmenter.last_word_end_s
+        if last is None or last * SAMPLE_RATE < gen.start:
+            return None
+        return int(last * SAMPLE_RATE)
+
+    def _cut_after(self, word_end: int | None, gen_start: int, limit: int) -> int:
+        """A quiet cut point just after a word whose end was estimated at ``word_end`` (the
+        step's midpoint, so ±40 ms), before ``limit``; or in the last 300 ms if no word."""
+        if word_end is None:
+            lo = max(gen_start, limit - 300 * _MS)
+            return self._history.quietest(lo, limit) if limit > lo else max(gen_start, limit)
+        lo = max(gen_start, word_end - 40 * _MS)
+        # the first gap after the word; never as far as the gap after the next word
+        hi = min(limit, word_end + 120 * _MS)
+        if hi <= lo:
+            return lo
+        return self._history.quietest(lo, hi)
+
+    def _after_step(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
+        if gen.phase is not _Phase.RUNNING:
+            return
+        lag = conn.lag_steps * STEP_SAMPLES / SAMPLE_RATE
+        self.stats.lag_s = lag
+        self.stats.peak_lag_s = max(self.stats.peak_lag_s, lag)
+        if gen.lag_warned and lag < self._opts.max_lag_s / 2:
+            gen.lag_warned = False
+        cap = self._capacity_steps()
+        if cap is None or self._live is not gen or not self._order or self._order[0] is not gen:
+            return
+        at_pause = self._segmenter.open_segment is None
+        if conn.steps >= cap * self._opts.rollover_fraction and at_pause:
+            self._cut_live(gen, now, reason="rollover at a pause")
+        elif conn.steps >= cap - max(12, cap // 20):
+            self._cut_live(gen, now, reason="rollover (no pause came)")
+
+    def _capacity_steps(self) -> int | None:
+        if self._opts.max_model_len is None:
+            return None
+        return max(1, self._opts.max_model_len - self._prompt_tokens)
+
+    def _check_lag(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
+        lag_s = conn.lag_steps * STEP_SAMPLES / SAMPLE_RATE
+        if lag_s <= self._opts.max_lag_s:
+            return
+        if not gen.lag_warned:
+            gen.lag_warned = True
+            logger.warning(
+                "vLLM is %.1fs behind the audio (limit %.1fs); policy %s",
+                lag_s,
+                self._opts.max_lag_s,
+                self._opts.lag_policy.value,
+            )
+        if self._opts.lag_policy is LagPolicy.CATCH_UP and self._order and self._order[0] is gen:
+            self._cut_live(gen, now, reason="catching up", catch_up=True)
+
+    def _cut_live(self, gen: _Generation, now: float, reason: str, catch_up: bool = False) -> None:
+        """Close ``gen``'s captions at a cut and continue the live audio in a new generation.
+
+        Rollover: the cut is a quiet point after the last captioned word, ``gen`` is finished
+        normally (final → done) and its output after the cut is ignored. Catch-up: the cut is
+        near the live edge, the backlog in between is dropped (and counted), and the lagging
+        socket is closed, which aborts its backlog on the server (vLLM >= 0.32).
+        """
+        transcribed_end = gen.start + gen.steps * STEP_SAMPLES
+        if catch_up:
+            lo = max(transcribed_end, self._history.end - self._opts.preroll_ms * _MS)
+            cut = self._history.quietest(lo, self._history.end)
+            self.stats.dropped_audio_s += max(0, cut - transcribed_end) / SAMPLE_RATE
+            close_at = transcribed_end
+        else:
+            last = self._segmenter.last_word_end_s
+            word_end = int(last * SAMPLE_RATE) if last is not None else None
+            if word_end is not None and word_end < gen.start:
+                word_end = None
+            cut = self._cut_after(word_end, gen.start, transcribed_end)
+            close_at = cut
+            self.stats.rollovers += 1
+        logger.info("generation %d: %s at %.2fs", gen.gid, reason, cut / SAMPLE_RATE)
+        if self._segmenter.has_open_generation:
+            self._emit_captions(
+                self._segmenter.finish_generation(None, close_at / SAMPLE_RATE), now
+            )
+        gen.muted = True
+        self._remove(gen)
+        new = self._new_generation(cut, now)
+        self._live = new
+        self._order.appendleft(new)
+        if catch_up:
+            gen.phase = _Phase.ENDED
+            lane_id, gen.lane = gen.lane, None
+            if lane_id is not None and lane_id in self._lanes:
+                self._lanes[lane_id].gen = None
+                self._retire_lane(lane_id)
+        else:
+            gen.end = gen.sent_until
+            self._feed(gen, now)  # sends final: vLLM finishes it and frees the slot
+        self._assign(now)
+
+    def _remove(self, gen: _Generation) -> None:
+        try:
+            self._order.remove(gen)
+        except ValueError:
+            pass
+
+    def _fail(self, message: str, configuration: bool) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        self._actions.append(StreamFailed(message, configuration))
+
+
+def _explain(ev: ServerErrorReceived) -> str:
+    code = ev.code.value if ev.code else "error"
+    hints = {
+        "model_not_found": "set model= (or VOXTRAL_VLLM_MODEL) to a name the server serves "
+        "(its --served-model-name, else the model path)",
+        "model_not_validated": "the server did not accept session.update; check the model name",
+        "invalid_event": "the server rejected session.update",
+    }
+    hint = hints.get(code, "")
+    return f"vLLM refused the session ({code}): {ev.message}" + (f"; {hint}" if hint else "")

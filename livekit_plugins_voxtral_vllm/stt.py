@@ -1,0 +1,947 @@
+"""``STT`` and ``SpeechStream``: the LiveKit glue around :class:`~.stream_core.StreamCore`.
+
+The stream's ``_run`` owns three kinds of task: the input task (frames → 16 kHz mono →
+endpointer or VAD → core), one task per vLLM socket ("lane": connect, then read), and one timer
+handle. Every input goes to the core, then :meth:`SpeechStream._pump` carries out the core's
+actions: it is the only code that writes to a socket or emits a SpeechEvent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import ssl
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import numpy as np
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectionError,
+    APIConnectOptions,
+    APIStatusError,
+    APITimeoutError,
+    stt,
+    utils,
+)
+from livekit.agents import (
+    vad as lk_vad,
+)
+from livekit.agents.language import LanguageCode
+from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
+from livekit.agents.utils import AudioBuffer, is_given
+
+from livekit import rtc
+
+from . import protocol
+from .audio import AudioPipeline
+from .connection import RealtimeConnection
+from .discovery import ServerInfo, discover, normalize_realtime_url
+from .endpointer import Endpointer, EndpointerOptions
+from .endpointer import SpeechEnded as EpSpeechEnded
+from .endpointer import SpeechStarted as EpSpeechStarted
+from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
+from .log import logger
+from .protocol import SAMPLE_RATE
+from .segmenter import CaptionFinal, CaptionSegmenter, SegmenterOptions
+from .stream_core import (
+    CloseLane,
+    CoreOptions,
+    Final,
+    Interim,
+    LagPolicy,
+    OpenLane,
+    SendOnLane,
+    SpeechEnded,
+    SpeechStarted,
+    StreamCore,
+    StreamFailed,
+    StreamStats,
+    UsageReport,
+)
+
+__all__ = ["STT", "SpeechStream", "DEFAULT_MODEL", "DEFAULT_BASE_URL"]
+
+DEFAULT_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
+DEFAULT_BASE_URL = "ws://127.0.0.1:8000/v1/realtime"
+_ENV_URL = "VOXTRAL_VLLM_BASE_URL"
+_ENV_MODEL = "VOXTRAL_VLLM_MODEL"
+_ENV_KEY = "VOXTRAL_VLLM_API_KEY"
+_MAX_OUTBOX = 400  # ~32 s of 80 ms appends waiting on one socket: the server stopped reading
+
+
+@dataclass(frozen=True)
+class _STTOptions:
+    base_url: str
+    model: str
+    api_key: str | None
+    language: str
+    transcription_delay_ms: int
+    max_model_len: int | None
+    endpointer: EndpointerOptions
+    segmenter: SegmenterOptions
+    preroll_ms: int
+    max_lag_s: float
+    lag_policy: LagPolicy
+    input_stall_s: float
+    generation_timeout_s: float
+    discover_server: bool
+
+    def __repr__(self) -> str:  # never show the API key
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["api_key"] = "***" if self.api_key else None
+        return "_STTOptions(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+
+class STT(stt.STT[Literal["metrics_collected"]]):
+    """Live speech-to-text from Voxtral Realtime served by vLLM's ``/v1/realtime``.
+
+    Args:
+        base_url: the server, as ``ws(s)://host:port[/v1/realtime]``, ``http(s)://...`` or a
+            bare ``host:port``. Default ``$VOXTRAL_VLLM_BASE_URL``, else
+            ``ws://127.0.0.1:8000/v1/realtime``.
+        model: the served model name. Default ``$VOXTRAL_VLLM_MODEL``, else
+            ``mistralai/Voxtral-Mini-4B-Realtime-2602``.
+        api_key: vLLM's ``--api-key``, sent only as ``Authorization: Bearer``. Default
+            ``$VOXTRAL_VLLM_API_KEY``.
+        language: label for the transcripts (the model detects the language itself); also
+            sent in ``session.update``, which vLLM 0.33 ignores.
+        transcription_delay_ms: the server's delay (``tekken.json``; a multiple of 80 ms):
+            vLLM cannot be told it, so tell the plugin, for timing and timestamps.
+        vad: None for the built-in energy endpointer (no model weights), or any LiveKit
+            ``vad.VAD`` (e.g. Silero) to decide when utterances start and end.
+        min_speech_ms, min_silence_ms: built-in endpointer: speech must last this long to
+            start an utterance, silence this long to end it.
+        preroll_ms: audio sent before the detected speech start, so the first syllable is kept.
+        sentence_pause_s, max_pause_s, max_segment_s: caption segmentation: a caption ends at
+            sentence-final punctuation followed by this pause, at a pause this long, or at a word
+            boundary once it is this long.
+        max_model_len: the server's context; learned from ``/v1/models`` when None. Used to roll
+            a long utterance over to a new generation before the limit.
+        max_lag_s, lag_policy: when vLLM falls this far behind the audio: ``"catch_up"`` (stay
+            live; the backlog is dropped and counted) or ``"wait"``.
+        input_stall_s: an utterance with no incoming audio for this long is ended.
+        generation_timeout_s: a generation with no server output for this long is lost and
+            replayed on a new connection.
+        http_session: an aiohttp session to use (default: the job's, or one owned here).
+        ssl_context: for ``wss://`` with a private CA or client certificates.
+        target_streaming_delay_ms: accepted for compatibility and ignored: the delay is a
+            server setting (see ``transcription_delay_ms``).
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        language: str | None = None,
+        transcription_delay_ms: int = 480,
+        vad: lk_vad.VAD | None = None,
+        min_speech_ms: int = 120,
+        min_silence_ms: int = 600,
+        preroll_ms: int = 300,
+        sentence_pause_s: float = 0.4,
+        max_pause_s: float = 1.2,
+        max_segment_s: float = 12.0,
+        max_model_len: int | None = None,
+        max_lag_s: float = 5.0,
+        lag_policy: LagPolicy | str = LagPolicy.CATCH_UP,
+        input_stall_s: float = 2.0,
+        generation_timeout_s: float = 10.0,
+        discover_server: bool = True,
+        http_session: aiohttp.ClientSession | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        target_streaming_delay_ms: int | None = None,
+    ) -> None:
+        super().__init__(
+            capabilities=stt.STTCapabilities(
+                streaming=True,
+                interim_results=True,
+                aligned_transcript="word",
+                offline_recognize=True,
+                manual_flush=True,
+            )
+        )
+        url = base_url if base_url is not None else os.environ.get(_ENV_URL) or DEFAULT_BASE_URL
+        model_name = model if model is not None else os.environ.get(_ENV_MODEL) or DEFAULT_MODEL
+        key = api_key if api_key is not None else os.environ.get(_ENV_KEY) or None
+        if not isinstance(model_name, str) or not model_name.strip():
+            raise ValueError(f"model must be a non-empty string, got {model_name!r}")
+        _check_int("transcription_delay_ms", transcription_delay_ms, 80, 2400)
+        if transcription_delay_ms % 80:
+            raise ValueError(
+                f"transcription_delay_ms must be a multiple of 80 (the model's step), got "
+                f"{transcription_delay_ms}"
+            )
+        _check_int("preroll_ms", preroll_ms, 0, 2000)
+        if max_model_len is not None:
+            _check_int("max_model_len", max_model_len, 64, 10_000_000)
+        for name, value, lo in (
+            ("max_lag_s", max_lag_s, 0.5),
+            ("input_stall_s", input_stall_s, 0.1),
+            ("generation_timeout_s", generation_timeout_s, 1.0),
+        ):
+            if not isinstance(value, (int, float)) or value < lo:
+                raise ValueError(f"{name} must be a number >= {lo}, got {value!r}")
+        try:
+            policy = LagPolicy(lag_policy)
+        except ValueError:
+            raise ValueError(
+                f"lag_policy must be 'catch_up' or 'wait', got {lag_policy!r}"
+            ) from None
+        if vad is not None and not isinstance(vad, lk_vad.VAD):
+            raise TypeError(f"vad must be a livekit.agents.vad.VAD or None, got {type(vad)!r}")
+        if target_streaming_delay_ms is not None:
+            logger.info(
+                "target_streaming_delay_ms=%s is ignored: vLLM's transcription delay is a "
+                "server setting (tekken.json); set transcription_delay_ms to match it",
+                target_streaming_delay_ms,
+            )
+        self._opts = _STTOptions(
+            base_url=normalize_realtime_url(url),
+            model=model_name,
+            api_key=key,
+            language=language or "",
+            transcription_delay_ms=transcription_delay_ms,
+            max_model_len=max_model_len,
+            endpointer=EndpointerOptions(
+                min_speech_ms=min_speech_ms, min_silence_ms=min_silence_ms
+            ),
+            segmenter=SegmenterOptions(
+                sentence_pause_s=sentence_pause_s,
+                max_pause_s=max_pause_s,
+                max_segment_s=max_segment_s,
+            ),
+            preroll_ms=preroll_ms,
+            max_lag_s=float(max_lag_s),
+            lag_policy=policy,
+            input_stall_s=float(input_stall_s),
+            generation_timeout_s=float(generation_timeout_s),
+            discover_server=discover_server,
+        )
+        self._vad = vad
+        self._ssl = ssl_context
+        self._session = http_session
+        self._own_session: aiohttp.ClientSession | None = None
+        self._server_info: ServerInfo | None = None
+        self._discovery: asyncio.Task[ServerInfo] | None = None
+        self._streams: weakref.WeakSet[SpeechStream] = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return f"voxtral_vllm.STT(base_url={self._opts.base_url!r}, model={self._opts.model!r})"
+
+    @property
+    def model(self) -> str:
+        return self._opts.model
+
+    @property
+    def provider(self) -> str:
+        return "vllm"
+
+    @property
+    def base_url(self) -> str:
+        return self._opts.base_url
+
+    @property
+    def server_info(self) -> ServerInfo | None:
+        """What the server said about itself, once discovery ran."""
+        return self._server_info
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> SpeechStream:
+        opts = self._opts
+        if is_given(language):
+            opts = dataclasses.replace(opts, language=language)
+        stream = SpeechStream(stt=self, opts=opts, conn_options=conn_options)
+        self._streams.add(stream)
+        return stream
+
+    def update_options(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        sentence_pause_s: NotGivenOr[float] = NOT_GIVEN,
+        max_pause_s: NotGivenOr[float] = NOT_GIVEN,
+        max_segment_s: NotGivenOr[float] = NOT_GIVEN,
+    ) -> None:
+        """Change the language label and caption segmentation; live streams apply it at their
+        next utterance."""
+        seg = self._opts.segmenter
+        seg = SegmenterOptions(
+            sentence_pause_s=sentence_pause_s
+            if is_given(sentence_pause_s)
+            else seg.sentence_pause_s,
+            max_pause_s=max_pause_s if is_given(max_pause_s) else seg.max_pause_s,
+            max_segment_s=max_segment_s if is_given(max_segment_s) else seg.max_segment_s,
+        )
+        lang = language if is_given(language) else self._opts.language
+        self._opts = dataclasses.replace(self._opts, language=lang, segmenter=seg)
+        for stream in self._streams:
+            stream.update_options(language=language, segmenter=seg)
+
+    def prewarm(self) -> None:
+        """Ask the server about itself now (version, max_model_len), ahead of the first stream."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._start_discovery()
+
+    async def aclose(self) -> None:
+        if self._discovery is not None and not self._discovery.done():
+            await utils.aio.cancel_and_wait(self._discovery)
+        if self._own_session is not None:
+            await self._own_session.close()
+            self._own_session = None
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        if self._session is not None:
+            return self._session
+        try:
+            return utils.http_context.http_session()
+        except RuntimeError:
+            pass
+        if self._own_session is None or self._own_session.closed:
+            self._own_session = aiohttp.ClientSession()
+        return self._own_session
+
+    def _start_discovery(self) -> asyncio.Task[ServerInfo]:
+        if self._discovery is None or (
+            self._discovery.done()
+            and (self._discovery.cancelled() or self._discovery.exception() is not None)
+        ):
+            self._discovery = asyncio.create_task(self._discover(), name="voxtral_vllm.discover")
+        return self._discovery
+
+    async def _discover(self) -> ServerInfo:
+        info = await discover(
+            self._http_session(),
+            self._opts.base_url,
+            api_key=self._opts.api_key,
+            ssl_context=self._ssl,
+        )
+        self._server_info = info
+        quirks = info.quirks
+        for note in quirks.describe():
+            logger.warning("vLLM %s: %s", info.version, note)
+        return info
+
+    async def _server_facts(self, timeout: float) -> ServerInfo | None:
+        """Discovery result, waiting at most ``timeout`` for it (None when unavailable)."""
+        if not self._opts.discover_server:
+            return None
+        if self._server_info is not None:
+            return self._server_info
+        task = self._start_discovery()
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.TimeoutError:
+            return None
+        except Exception as e:  # discovery must never break transcription
+            logger.debug("vLLM discovery failed: %s", e)
+            return None
+
+    async def _connect_ws(
+        self, opts: _STTOptions, timeout: float
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Open one ``/v1/realtime`` socket; raises LiveKit API errors (overridable in tests)."""
+        headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+        session = self._http_session()
+
+        async def connect() -> Any:
+            return await session.ws_connect(
+                opts.base_url,
+                headers=headers,
+                heartbeat=20.0,
+                ssl=self._ssl if self._ssl is not None else True,
+                max_msg_size=16 * 1024 * 1024,
+            )
+
+        try:
+            return await asyncio.wait_for(connect(), timeout)
+        except aiohttp.WSServerHandshakeError as e:
+            raise _handshake_error(e.status, opts) from None
+        except asyncio.TimeoutError as e:
+            raise APITimeoutError(
+                f"timed out connecting to vLLM at {opts.base_url} after {timeout:.1f}s"
+            ) from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise APIConnectionError(f"could not connect to vLLM at {opts.base_url}") from e
+
+    async def _recognize_impl(
+        self,
+        buffer: AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
+    ) -> stt.SpeechEvent:
+        """One generation over the realtime endpoint, audio sent as fast as the socket takes."""
+        opts = self._opts
+        lang = language if is_given(language) else opts.language
+        frames = buffer if isinstance(buffer, list) else [buffer]
+        pipeline = AudioPipeline()
+        chunks: list[np.ndarray] = []
+        for frame in frames:
+            chunks.extend(pipeline.push_frame(frame))
+        chunks.extend(pipeline.flush())
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        conn = RealtimeConnection(
+            model=opts.model,
+            language=lang or None,
+            transcription_delay_ms=opts.transcription_delay_ms,
+        )
+        seg = CaptionSegmenter(SegmenterOptions(1e9, 1e9, 1e9))
+        seg.start_generation(0.0)
+        ws = await self._connect_ws(opts, conn_options.timeout)
+        finals: list[CaptionFinal] = []
+        usage: protocol.Usage | None = None
+        try:
+            conn.start_generation(time.monotonic())
+            if audio.size:
+                conn.send_audio(audio)
+            conn.finish_generation(time.monotonic())
+            for frame_text in conn.data_to_send():
+                await ws.send_str(frame_text)
+            deadline = time.monotonic() + max(conn_options.timeout, audio.size / SAMPLE_RATE)
+            done = False
+            while not done:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise APITimeoutError("vLLM did not finish the transcription in time")
+                msg = await ws.receive(timeout=remaining)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise APIConnectionError(f"vLLM closed the connection ({msg.type.name})")
+                conn.receive_text(msg.data, time.monotonic())
+                for ev in conn.events_received():
+                    if isinstance(ev, DeltaReceived):
+                        end_s = (ev.step + 1) * protocol.STEP_SECONDS
+                        for cap in seg.receive_delta(ev.delta, end_s):
+                            if isinstance(cap, CaptionFinal):
+                                finals.append(cap)
+                    elif isinstance(ev, GenerationFinished):
+                        end_s = ev.steps * protocol.STEP_SECONDS
+                        finals.extend(
+                            c
+                            for c in seg.finish_generation(ev.text, end_s)
+                            if isinstance(c, CaptionFinal)
+                        )
+                        usage = ev.usage
+                        done = True
+                    elif isinstance(ev, GenerationFailed):
+                        raise APIConnectionError(f"vLLM lost the generation: {ev.reason}")
+                    elif isinstance(ev, ServerErrorReceived) and conn.failure is not None:
+                        raise APIStatusError(
+                            f"vLLM refused the session: {ev.message}",
+                            status_code=400,
+                            retryable=False,
+                        )
+        except asyncio.TimeoutError as e:
+            raise APITimeoutError("vLLM did not finish the transcription in time") from e
+        finally:
+            await ws.close()
+        words = [w for f in finals for w in f.words]
+        text = " ".join(f.text for f in finals)
+        data = stt.SpeechData(
+            language=LanguageCode(lang),
+            text=text,
+            start_time=finals[0].start_s if finals else 0.0,
+            end_time=finals[-1].end_s if finals else audio.size / SAMPLE_RATE,
+            words=[TimedString(w.text, start_time=w.start_s, end_time=w.end_s) for w in words],
+        )
+        logger.debug("recognize: %d samples, usage %s", audio.size, usage)
+        return stt.SpeechEvent(
+            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+            request_id=utils.shortuuid("vxr_"),
+            alternatives=[data],
+        )
+
+
+class SpeechStream(stt.RecognizeStream):
+    """A live stream: push frames of any rate and channel count, read SpeechEvents."""
+
+    def __init__(self, *, stt: STT, opts: _STTOptions, conn_options: APIConnectOptions) -> None:
+        super().__init__(stt=stt, conn_options=conn_options)
+        self._stt_impl = stt
+        self._opts = opts
+        self._id = utils.shortuuid("vx_")
+        self.stats = StreamStats()
+        self._core: StreamCore | None = None
+        self._lanes: dict[int, _LaneIO] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._fatal: BaseException | None = None
+
+    def update_options(
+        self, *, language: NotGivenOr[str] = NOT_GIVEN, segmenter: SegmenterOptions | None = None
+    ) -> None:
+        """Applied at the next utterance."""
+        if is_given(language):
+            self._opts = dataclasses.replace(self._opts, language=language)
+        if segmenter is not None:
+            self._opts = dataclasses.replace(self._opts, segmenter=segmenter)
+        if self._core is not None:
+            self._core.update_options(
+                language=self._opts.language or None, segmenter=self._opts.segmenter
+            )
+
+    # -- the run loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        opts = self._opts
+        info = await self._stt_impl._server_facts(timeout=min(2.0, self._conn_options.timeout))
+        max_model_len = opts.max_model_len
+        if info is not None:
+            _refuse_broken(info, opts)
+            served = info.model(opts.model)
+            if max_model_len is None and served is not None:
+                max_model_len = served.max_model_len
+            if max_model_len is None and info.quirks.engine_dies_at_max_model_len:
+                logger.warning(
+                    "vLLM %s dies at max_model_len and did not report it; assuming 4096",
+                    info.version,
+                )
+                max_model_len = 4096
+        core = StreamCore(
+            CoreOptions(
+                model=opts.model,
+                language=opts.language or None,
+                transcription_delay_ms=opts.transcription_delay_ms,
+                preroll_ms=opts.preroll_ms,
+                max_model_len=max_model_len,
+                max_lag_s=opts.max_lag_s,
+                lag_policy=opts.lag_policy,
+                input_stall_s=opts.input_stall_s,
+                generation_timeout_s=opts.generation_timeout_s,
+                max_reconnects=self._conn_options.max_retry,
+                reconnect_interval_s=self._conn_options.retry_interval,
+                segmenter=opts.segmenter,
+            )
+        )
+        core.stats = self.stats  # counters survive a retried _run
+        self._core = core
+        self._fatal = None
+        self._done = loop.create_future()
+        input_task = asyncio.create_task(self._input_loop(core), name="voxtral_vllm.input")
+        input_task.add_done_callback(self._on_input_done)
+        try:
+            core.start(loop.time())
+            self._pump()
+            try:
+                await self._done
+            except _ConfigurationFailure as e:
+                raise await self._configuration_error(str(e)) from None
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            await utils.aio.cancel_and_wait(input_task)
+            lanes, self._lanes = list(self._lanes.values()), {}
+            await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
+            core.close()
+            self._core = None
+
+    async def _configuration_error(self, message: str) -> APIStatusError:
+        """A non-retryable error that says what to fix; lists the served models if useful."""
+        status = 400
+        if "model_not_found" in message or "model_not_validated" in message:
+            status = 404
+            info: ServerInfo | None = None
+            try:
+                info = await discover(
+                    self._stt_impl._http_session(),
+                    self._opts.base_url,
+                    api_key=self._opts.api_key,
+                    timeout=min(5.0, self._conn_options.timeout),
+                    ssl_context=self._stt_impl._ssl,
+                )
+            except Exception as e:  # the message is still useful without the list
+                logger.debug("could not list the served models: %s", e)
+            if info is not None and info.models:
+                served = ", ".join(m.id for m in info.models)
+                message += f". The server serves: {served}"
+        return APIStatusError(message, status_code=status, retryable=False)
+
+    def _on_input_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._finish(exc)
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        if self._done is not None and not self._done.done():
+            if exc is None:
+                self._done.set_result(None)
+            else:
+                self._done.set_exception(exc)
+
+    async def _input_loop(self, core: StreamCore) -> None:
+        loop = asyncio.get_running_loop()
+        pipeline = AudioPipeline()
+        endpointer = Endpointer(self._opts.endpointer) if self._stt_impl._vad is None else None
+        vad_stream = self._stt_impl._vad.stream() if self._stt_impl._vad is not None else None
+        vad_task = (
+            asyncio.create_task(self._vad_loop(core, vad_stream), name="voxtral_vllm.vad")
+            if vad_stream is not None
+            else None
+        )
+        try:
+            async for item in self._input_ch:
+                if isinstance(item, rtc.AudioFrame):
+                    chunks = pipeline.push_frame(item)
+                    if vad_stream is not None:
+                        vad_stream.push_frame(item)
+                else:  # flush: end the utterance now
+                    chunks = pipeline.flush()
+                now = loop.time()
+                for chunk in chunks:
+                    core.push_audio(chunk, now)
+                    if endpointer is not None:
+                        self._apply_endpointer(core, endpointer.push(chunk), now)
+                if not isinstance(item, rtc.AudioFrame):
+                    if endpointer is not None:
+                        endpointer.flush()
+                    if vad_stream is not None:
+                        vad_stream.flush()
+                    core.flush(now)
+                self._pump()
+            now = loop.time()
+            for chunk in pipeline.flush():
+                core.push_audio(chunk, now)
+            core.end_input(now)
+            self._pump()
+        finally:
+            if vad_task is not None:
+                await utils.aio.cancel_and_wait(vad_task)
+            if vad_stream is not None:
+                await vad_stream.aclose()
+
+    def _apply_endpointer(
+        self, core: StreamCore, events: list[EpSpeechStarted | EpSpeechEnded], now: float
+    ) -> None:
+        for ev in events:
+            if isinstance(ev, EpSpeechStarted):
+                core.speech_started(ev.start_sample, now)
+            else:
+                core.speech_ended(ev.end_sample, now)
+
+    async def _vad_loop(self, core: StreamCore, vad_stream: lk_vad.VADStream) -> None:
+        loop = asyncio.get_running_loop()
+        async for ev in vad_stream:
+            now = loop.time()
+            if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
+                start = core.samples_received - int(ev.speech_duration * SAMPLE_RATE)
+                core.speech_started(max(0, start), now)
+            elif ev.type == lk_vad.VADEventType.END_OF_SPEECH:
+                end = core.samples_received - int(ev.silence_duration * SAMPLE_RATE)
+                core.speech_ended(max(0, end), now)
+            else:
+                continue
+            self._pump()
+
+    # -- carrying out the core's actions --------------------------------------------------------
+
+    def _pump(self) -> None:
+        core = self._core
+        if core is None:
+            return
+        for action in core.actions():
+            if isinstance(action, SendOnLane):
+                lane = self._lanes.get(action.lane)
+                if lane is not None:
+                    lane.send(action.frames)
+            elif isinstance(action, Interim):
+                self._emit_text(stt.SpeechEventType.INTERIM_TRANSCRIPT, action.segment, action.text)
+            elif isinstance(action, Final):
+                self._emit_final(action)
+            elif isinstance(action, SpeechStarted):
+                self._event_ch.send_nowait(
+                    stt.SpeechEvent(type=stt.SpeechEventType.START_OF_SPEECH)
+                )
+            elif isinstance(action, SpeechEnded):
+                self._event_ch.send_nowait(stt.SpeechEvent(type=stt.SpeechEventType.END_OF_SPEECH))
+            elif isinstance(action, UsageReport):
+                self._event_ch.send_nowait(
+                    stt.SpeechEvent(
+                        type=stt.SpeechEventType.RECOGNITION_USAGE,
+                        request_id=f"{self._id}-g{action.generation}",
+                        recognition_usage=stt.RecognitionUsage(
+                            audio_duration=action.audio_s,
+                            input_tokens=action.input_tokens,
+                            output_tokens=action.output_tokens,
+                        ),
+                    )
+                )
+            elif isinstance(action, OpenLane):
+                self._open_lane(action.lane)
+            elif isinstance(action, CloseLane):
+                lane = self._lanes.pop(action.lane, None)
+                if lane is not None:
+                    lane.close()
+            elif isinstance(action, StreamFailed):
+                self._fail(action)
+        if core.finished:
+            self._finish()
+        self._arm_timer(core)
+
+    def _arm_timer(self, core: StreamCore) -> None:
+        deadline = core.get_timer()
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() == deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        core = self._core
+        if core is not None:
+            core.handle_timer(asyncio.get_running_loop().time())
+            self._pump()
+
+    def _emit_text(self, kind: stt.SpeechEventType, segment: int, text: str) -> None:
+        self._event_ch.send_nowait(
+            stt.SpeechEvent(
+                type=kind,
+                request_id=f"{self._id}-{segment}",
+                alternatives=[
+                    stt.SpeechData(language=LanguageCode(self._opts.language), text=text)
+                ],
+            )
+        )
+
+    def _emit_final(self, action: Final) -> None:
+        cap = action.caption
+        off = self.start_time_offset
+        words = [
+            TimedString(
+                w.text, start_time=w.start_s + off, end_time=w.end_s + off, start_time_offset=off
+            )
+            for w in cap.words
+        ]
+        self._event_ch.send_nowait(
+            stt.SpeechEvent(
+                type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+                request_id=f"{self._id}-{action.segment}",
+                alternatives=[
+                    stt.SpeechData(
+                        language=LanguageCode(self._opts.language),
+                        text=cap.text,
+                        start_time=cap.start_s + off,
+                        end_time=cap.end_s + off,
+                        words=words,
+                    )
+                ],
+            )
+        )
+
+    def _fail(self, failed: StreamFailed) -> None:
+        if failed.configuration:
+            self._finish(_ConfigurationFailure(failed.message))
+        else:
+            self._finish(APIConnectionError(failed.message))
+
+    # -- lanes -----------------------------------------------------------------------------------
+
+    def _open_lane(self, lane_id: int) -> None:
+        lane = _LaneIO(lane_id)
+        self._lanes[lane_id] = lane
+        lane.task = asyncio.create_task(self._lane_loop(lane), name=f"voxtral_vllm.lane{lane_id}")
+
+    async def _lane_loop(self, lane: _LaneIO) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self._conn_options.timeout
+        started = loop.time()
+        try:
+            ws = await self._stt_impl._connect_ws(self._opts, timeout)
+        except APIStatusError as e:
+            if not e.retryable:
+                self._finish(e)
+                return
+            self._lane_lost(lane, str(e))
+            return
+        except APIConnectionError as e:
+            logger.warning("lane %d: %s", lane.lane, e)
+            self._lane_lost(lane, str(e))
+            return
+        lane.ws = ws
+        self._stt_impl_report(loop.time() - started)
+        core = self._core
+        if core is None or lane.closed:
+            await ws.close()
+            return
+        core.lane_connected(lane.lane, loop.time())
+        self._pump()
+        writer = asyncio.create_task(lane.write_loop(), name=f"voxtral_vllm.lane{lane.lane}.write")
+        reason = "connection closed by vLLM"
+        try:
+            first = True
+            while True:
+                msg = await ws.receive(timeout=timeout if first else None)
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    first = False
+                    if self._core is None:
+                        return
+                    self._core.lane_received(lane.lane, msg.data, loop.time())
+                    self._pump()
+                elif msg.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSING,
+                    aiohttp.WSMsgType.CLOSED,
+                ):
+                    reason = f"vLLM closed the connection (code {ws.close_code})"
+                    break
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    reason = f"connection error: {ws.exception()!r}"
+                    break
+                else:  # binary: vLLM never sends it
+                    logger.warning("lane %d: ignoring a %s frame from vLLM", lane.lane, msg.type)
+        except asyncio.TimeoutError:
+            reason = (
+                f"no session.created within {timeout:.1f}s of connecting to {self._opts.base_url}: "
+                "is this vLLM's /v1/realtime endpoint?"
+            )
+            logger.warning("lane %d: %s", lane.lane, reason)
+        finally:
+            await utils.aio.cancel_and_wait(writer)
+            if not ws.closed:
+                await ws.close()
+        if not lane.closed:
+            self._lane_lost(lane, reason)
+
+    def _stt_impl_report(self, acquire_time: float) -> None:
+        self._report_connection_acquired(acquire_time, False)
+
+    def _lane_lost(self, lane: _LaneIO, reason: str) -> None:
+        core = self._core
+        self._lanes.pop(lane.lane, None)
+        if core is not None and not lane.closed:
+            lane.closed = True
+            core.lane_lost(lane.lane, asyncio.get_running_loop().time(), reason)
+            self._pump()
+
+
+class _LaneIO:
+    """The socket of one lane and its writer; frames are written in order."""
+
+    def __init__(self, lane: int) -> None:
+        self.lane = lane
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        self._outbox: list[str] = []
+        self._wake = asyncio.Event()
+
+    def send(self, frames: list[str]) -> None:
+        if self.closed:
+            return
+        self._outbox.extend(frames)
+        if len(self._outbox) > _MAX_OUTBOX:
+            # the server stopped reading: drop the socket; the core replays what it owes
+            logger.warning("lane %d: vLLM is not reading; dropping the connection", self.lane)
+            self._outbox.clear()
+            if self.ws is not None:
+                asyncio.ensure_future(self.ws.close())
+            return
+        self._wake.set()
+
+    async def write_loop(self) -> None:
+        assert self.ws is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                for frame in batch:
+                    await self.ws.send_str(frame)
+
+    def close(self) -> None:
+        """Close the socket after the frames already queued (e.g. a final commit)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.task is not None:
+            self._closing = asyncio.create_task(self._drain_and_close())
+
+    async def _drain_and_close(self) -> None:
+        ws = self.ws
+        try:
+            if ws is not None and not ws.closed:
+                for frame in self._outbox:
+                    await ws.send_str(frame)
+                self._outbox.clear()
+        except (aiohttp.ClientError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            if self.task is not None:
+                await utils.aio.cancel_and_wait(self.task)
+            if ws is not None and not ws.closed:
+                await ws.close()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        if self.task is not None:
+            await utils.aio.cancel_and_wait(self.task)
+        closing = getattr(self, "_closing", None)
+        if closing is not None:
+            await utils.aio.cancel_and_wait(closing)
+        if self.ws is not None and not self.ws.closed:
+            await self.ws.close()
+
+
+class _ConfigurationFailure(Exception):
+    """Marker: the server refused the session; _run turns it into APIStatusError."""
+
+
+def _handshake_error(status: int, opts: _STTOptions) -> APIStatusError:
+    if status == 401:
+        msg = (
+            f"vLLM at {opts.base_url} rejected the API key (HTTP 401): set api_key= or "
+            f"{_ENV_KEY} to the server's --api-key"
+            if opts.api_key
+            else f"vLLM at {opts.base_url} requires an API key (HTTP 401): "
+            f"set api_key= or {_ENV_KEY}"
+        )
+    elif status == 403:
+        msg = (
+            f"vLLM at {opts.base_url} refused access (HTTP 403): check the API key and proxy rules"
+        )
+    elif status == 404:
+        msg = (
+            f"no realtime endpoint at {opts.base_url} (HTTP 404): check base_url; the server must "
+            "be vLLM >= 0.16 serving a realtime model (e.g. Voxtral-Mini-4B-Realtime-2602)"
+        )
+    else:
+        msg = f"vLLM at {opts.base_url} refused the WebSocket upgrade (HTTP {status})"
+    return APIStatusError(msg, status_code=status, retryable=status >= 500 or status in (408, 429))
+
+
+def _refuse_broken(info: ServerInfo, opts: _STTOptions) -> None:
+    if opts.api_key and info.quirks.api_key_breaks_websocket:
+        raise APIStatusError(
+            f"vLLM {info.version} cannot serve /v1/realtime with --api-key (every WebSocket fails, "
+            "fixed in vLLM 0.20): upgrade vLLM, or run it without --api-key behind a proxy",
+            status_code=400,
+            retryable=False,
+        )
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
