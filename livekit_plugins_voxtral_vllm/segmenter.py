@@ -42,6 +42,7 @@ _HALF_STEP_S = STEP_SECONDS / 2
 _WORD_GAP_S = 0.12
 # After a pause with no onset hint, a word is assumed to start at most this long before its
 # step; otherwise one word after a long silence would span the silence (and trip max_segment_s).
+_INTER_WORD_GAP_S = 0.04  # typical silence between two words of running speech
 _MAX_WORD_S = 1.0
 # Step times are sums of 0.08 in float: absorb the rounding when comparing durations.
 _EPS = 1e-6
@@ -282,6 +283,10 @@ class CaptionSegmenter:
                 if _WORDISH.search(token) is not None:  # a sub-word piece, not punctuation
                     word.end_s = words_end_s = max(word.end_s, end_s)
                     self._prev_word_end_s = word.end_s
+                elif self._prev_word_end_s is not None:
+                    # Punctuation does not lengthen the word, but its step is the latest sound
+                    # the model heard: the next word starts after it.
+                    self._prev_word_end_s = max(self._prev_word_end_s, end_s)
             else:
                 if self._words and end_s - self._words[0].start_s > self._max_segment_s:
                     events.append(self._finalise(base + match.start()))
@@ -381,15 +386,18 @@ class CaptionSegmenter:
         return [self._finalise(self._raw_len)]
 
     def _word_start(self, end_s: float) -> float:
-        """Estimated start of a new word whose step midpoint is ``end_s``."""
+        """Estimated start of a new word whose step midpoint is ``end_s``: the latest onset
+        hint since the previous word, else just after the previous word (running speech),
+        else at most ``_MAX_WORD_S`` before its end."""
         prev = self._prev_word_end_s
-        if prev is not None and end_s - prev - STEP_SECONDS < _WORD_GAP_S - _EPS:
-            return min(prev, end_s)
         ref = self._gen_start_s if prev is None else prev
         i = bisect_right(self._onsets, end_s)
         if i and self._onsets[i - 1] >= ref:
             return self._onsets[i - 1]
-        return min(end_s, max(ref, end_s - _MAX_WORD_S))
+        if prev is None:
+            return min(end_s, max(ref, end_s - _MAX_WORD_S))
+        # words of running speech are separated by a short gap, not glued
+        return min(end_s, max(prev + _INTER_WORD_GAP_S, end_s - _MAX_WORD_S))
 
     def _open_word(self, text: str, start_s: float, end_s: float) -> None:
         if self._segment is None:

@@ -330,6 +330,12 @@ class StreamCore:
         self._order.append(gen)
         self._assign(now)
 
+    def speech_resumed(self, start_sample: int, now: float) -> None:
+        """Inside an utterance, speech resumed after a short silence (a word onset): a hint
+        for the start times of caption words."""
+        if self._live is not None:
+            self._segmenter.receive_onset(start_sample / SAMPLE_RATE)
+
     def speech_ended(self, end_sample: int, now: float) -> None:
         """The endpointer saw enough silence: finish the live generation (``final``)."""
         self._end_live(now)

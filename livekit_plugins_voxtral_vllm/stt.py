@@ -41,8 +41,8 @@ from . import protocol
 from .audio import AudioPipeline
 from .connection import RealtimeConnection
 from .discovery import ServerInfo, discover, normalize_realtime_url
-from .endpointer import Endpointer, EndpointerOptions
-from .endpointer import SpeechEnded as EpSpeechEnded
+from .endpointer import Endpointer, EndpointerEvent, EndpointerOptions
+from .endpointer import SpeechResumed as EpSpeechResumed
 from .endpointer import SpeechStarted as EpSpeechStarted
 from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
 from .log import logger
@@ -631,11 +631,13 @@ class SpeechStream(stt.RecognizeStream):
                 await vad_stream.aclose()
 
     def _apply_endpointer(
-        self, core: StreamCore, events: list[EpSpeechStarted | EpSpeechEnded], now: float
+        self, core: StreamCore, events: list[EndpointerEvent], now: float
     ) -> None:
         for ev in events:
             if isinstance(ev, EpSpeechStarted):
                 core.speech_started(ev.start_sample, now)
+            elif isinstance(ev, EpSpeechResumed):
+                core.speech_resumed(ev.start_sample, now)
             else:
                 core.speech_ended(ev.end_sample, now)
 

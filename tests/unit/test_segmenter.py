@@ -286,7 +286,8 @@ class TestMaxSegment:
         assert texts(f.feed(" h")) == [("F", 1, "a b c d e f g"), ("I", 2, "h")]
         final = one_final(finals(f.events))
         assert final.start_s == 0.1 and final.end_s == pytest.approx(1.08)
-        assert one_final(f.seg.finish_generation(None, 2.0)).words[0].start_s == final.end_s
+        next_start = one_final(f.seg.finish_generation(None, 2.0)).words[0].start_s
+        assert next_start == pytest.approx(final.end_s + 0.04)
 
     def test_default_twelve_seconds(self) -> None:
         f = Feeder()
@@ -321,7 +322,8 @@ class TestMaxSegment:
         assert interims(f.events)[-1].text == "a phonograph"
         final = one_final(f.finish())
         word = final.words[-1]
-        assert (word.text, word.start_s) == ("phonograph", 0.04)
+        assert word.text == "phonograph"
+        assert word.start_s == pytest.approx(0.08)  # 40 ms after "a" ended
         assert word.end_s == pytest.approx(0.36)
 
 
@@ -467,13 +469,30 @@ class TestWordTimestamps:
         final = one_final(f.finish())
         assert final.words[0].end_s == pytest.approx(8 * STEP - 0.04)
 
-    def test_without_pause_a_word_starts_where_the_previous_ended(self) -> None:
+    def test_without_hint_a_word_starts_a_short_gap_after_the_previous(self) -> None:
+        """Running speech: words are separated by a short gap (40 ms), not glued."""
         f = Feeder()
         f.feed(" a", " b", "", " c")
         final = one_final(f.finish())
         a, b, c = final.words
-        assert b.start_s == a.end_s and c.start_s == b.end_s
+        assert b.start_s == pytest.approx(a.end_s + 0.04)
+        assert c.start_s == pytest.approx(b.end_s + 0.04)
         assert c.end_s == pytest.approx(0.28)
+
+    def test_a_gap_never_puts_the_start_after_the_end(self) -> None:
+        f = Feeder()
+        f.feed(" a", " b")
+        a, b = one_final(f.finish()).words
+        assert a.start_s <= a.end_s and b.start_s <= b.end_s
+
+    def test_punctuation_step_delays_the_next_word_start(self) -> None:
+        """A sentence mark's step is the latest sound: the next word starts after it."""
+        f = Feeder()
+        f.feed(" a", "", ".", "", " b")
+        final = one_final(f.finish())
+        a, b = final.words
+        assert a.text == "a." and a.end_s == pytest.approx(0.04)  # "." does not lengthen "a"
+        assert b.start_s == pytest.approx(0.20 + 0.04)  # after the "." step's midpoint
 
     def test_after_a_pause_the_latest_onset_hint_starts_the_word(self) -> None:
         f = Feeder()
@@ -513,13 +532,13 @@ class TestWordTimestamps:
         final = one_final(f.finish())
         assert final.start_s == pytest.approx(0.999)
 
-    def test_without_hint_the_start_falls_back_to_the_previous_word_end(self) -> None:
+    def test_without_hint_the_start_falls_back_to_just_after_the_previous_word(self) -> None:
         f = Feeder()
         f.feed(" a")
         f.silence(3)
         f.feed(" b")
         final = one_final(f.finish())
-        assert final.words[1].start_s == final.words[0].end_s
+        assert final.words[1].start_s == pytest.approx(final.words[0].end_s + 0.04)
 
     def test_fallback_start_is_at_most_one_second_before_the_end(self) -> None:
         f = Feeder(start_s=10.0)

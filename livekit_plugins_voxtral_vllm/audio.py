@@ -1,0 +1,333 @@
+"""The audio path: a LiveKit ``rtc.AudioFrame`` of any rate and layout → 16 kHz mono int16 →
+exact 80 ms chunks for ``protocol.encode_append_pcm``.
+
+vLLM trusts the bytes it gets (vllm-realtime.md §3.1): no resampling, no channel handling, no
+negotiation. A wrong rate or interleaved stereo produces garbage text and never an error, so
+every frame goes through here first.
+
+The order is downmix, then resample. ``rtc.AudioResampler`` takes ``num_channels`` once, at
+construction, and resamples each interleaved channel separately (it never downmixes), so
+resampling first would do the work once per channel and tie the stream to the first frame's
+layout. All resampling is LiveKit's (soxr, quality HIGH); nothing here is DSP beyond averaging
+channels.
+
+Samples are the clock. soxr compensates its filter delay, so 16 kHz output sample ``n`` is
+input time ``n / 16000`` s. Every stage counts ``samples_in`` and ``samples_out``; a chunk
+returned when ``samples_out`` was ``p`` covers 16 kHz samples ``[p, p + len(chunk))``.
+
+Nothing here touches a socket, a clock or asyncio.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from livekit import rtc
+
+from .protocol import SAMPLE_RATE, STEP_SAMPLES
+
+__all__ = [
+    "Int16Array",
+    "AudioInput",
+    "to_mono_int16",
+    "MonoResampler",
+    "StepChunker",
+    "AudioPipeline",
+]
+
+Int16Array = npt.NDArray[np.int16]
+"""A 1-D array of native-endian int16 samples."""
+
+AudioInput = rtc.AudioFrame | Int16Array | bytes | bytearray | memoryview
+"""What ``to_mono_int16`` accepts: a frame, or interleaved int16 samples."""
+
+_EMPTY: Int16Array = np.empty(0, dtype=np.int16)
+_EMPTY.flags.writeable = False
+
+
+def to_mono_int16(frame: AudioInput, num_channels: int | None = None) -> Int16Array:
+    """Interleaved int16 audio as one mono int16 array.
+
+    Args:
+        frame: an ``rtc.AudioFrame``, or interleaved int16 samples (a 1-D int16 array or raw
+            native-endian bytes).
+        num_channels: channels interleaved in ``frame``. Defaults to the frame's own count, or
+            1 for raw samples; for a frame, a different value is an error.
+
+    Returns:
+        Mono samples. Already-mono input is returned without a copy (it shares memory with
+        ``frame`` and may be read-only); multichannel input is averaged (no overflow).
+
+    Raises:
+        ValueError: on a bad channel count or a length that is not a whole number of
+            multichannel samples. TypeError: on a non-int16 array.
+    """
+    if isinstance(frame, rtc.AudioFrame):
+        if num_channels is not None and num_channels != frame.num_channels:
+            raise ValueError(
+                f"num_channels={num_channels} contradicts the frame's {frame.num_channels}"
+            )
+        n = frame.num_channels
+        x: Int16Array = np.frombuffer(frame.data, dtype=np.int16)
+        used = frame.samples_per_channel * n
+        if len(x) != used:  # an AudioFrame's buffer may be longer than its samples
+            x = x[:used]
+    else:
+        n = 1 if num_channels is None else num_channels
+        if isinstance(frame, np.ndarray):
+            if frame.dtype != np.int16:
+                raise TypeError(f"expected int16 samples, got dtype {frame.dtype}")
+            if frame.ndim != 1:
+                raise ValueError(f"expected 1-D interleaved samples, got shape {frame.shape}")
+            x = frame
+        else:
+            x = np.frombuffer(frame, dtype=np.int16)
+    if n < 1:
+        raise ValueError(f"num_channels must be >= 1, got {n}")
+    if n == 1:
+        return x
+    if len(x) % n:
+        raise ValueError(f"{len(x)} samples are not a whole number of {n}-channel frames")
+    # One contiguous widening, then strided adds: ~2x faster than a cast inside np.add or an
+    # axis reduction at 10 ms frame sizes.
+    wide = x.astype(np.int32)
+    total = wide[0::n] + wide[1::n]
+    for k in range(2, n):
+        total += wide[k::n]
+    # Floor division (a shift when it can be): identical channels stay bit-exact, and the
+    # -0.5 LSB bias is inaudible.
+    if n & (n - 1):
+        total //= n
+    else:
+        total >>= n.bit_length() - 1
+    return total.astype(np.int16)
+
+
+class MonoResampler:
+    """Mono int16 at one input rate → mono int16 at 16 kHz, through LiveKit's soxr.
+
+    The ``rtc.AudioResampler`` (quality HIGH) is created on the first push for that push's
+    rate; 16 kHz input passes through untouched and creates none. Every later push must have
+    the same rate.
+
+    Each ``rtc.AudioResampler.push`` is one FFI request whose fixed cost (~15 µs) dwarfs the
+    resampling of 10 ms, and soxr emits output in ~33 ms bursts anyway, so input is gathered
+    until ``min_push_ms`` of it is pending before each call. For 10 ms frames at 48 kHz,
+    measured from frame to completed 80 ms chunk: 0 (every frame) → 26 ms mean, 40 ms worst;
+    20 (default, half the FFI calls) → 31 ms mean, 40 ms worst; 40 → 40 ms mean and worst.
+    """
+
+    __slots__ = (
+        "_resampler",
+        "_rate",
+        "_min_push_ms",
+        "_min_push_bytes",
+        "_pending",
+        "samples_in",
+        "samples_out",
+    )
+
+    def __init__(self, *, min_push_ms: int = 20) -> None:
+        if min_push_ms < 0:
+            raise ValueError(f"min_push_ms must be >= 0, got {min_push_ms}")
+        self._min_push_ms = min_push_ms
+        self._resampler: rtc.AudioResampler | None = None
+        self._rate: int | None = None
+        self._min_push_bytes = 0
+        self._pending = bytearray()
+        self.samples_in = 0
+        """Mono samples accepted so far, at the input rate."""
+        self.samples_out = 0
+        """Samples returned so far, at 16 kHz."""
+
+    @property
+    def input_rate(self) -> int | None:
+        """The rate of the first push, or None before it."""
+        return self._rate
+
+    @property
+    def pending_samples(self) -> int:
+        """Input samples gathered but not yet handed to soxr (see ``min_push_ms``)."""
+        return len(self._pending) // 2
+
+    def push(self, samples: Int16Array, sample_rate: int) -> Int16Array:
+        """Resample one block of mono int16 samples.
+
+        Returns:
+            16 kHz mono int16, possibly empty (soxr and the gathering buffer hold some audio
+            back; ``flush`` releases it). At 16 kHz the input array itself is returned.
+
+        Raises:
+            ValueError: if ``sample_rate`` differs from the first push's, or is not positive.
+            TypeError: if ``samples`` is not int16.
+        """
+        if samples.dtype != np.int16:
+            raise TypeError(f"expected int16 samples, got dtype {samples.dtype}")
+        rate = self._rate
+        if rate != sample_rate:
+            if rate is not None:
+                raise ValueError(
+                    f"input sample rate changed from {rate} Hz to {sample_rate} Hz "
+                    "mid-stream; one stream resamples from one rate: create a new stream "
+                    "for the new rate"
+                )
+            self._start(sample_rate)
+        n = len(samples)
+        self.samples_in += n
+        if self._resampler is None:
+            self.samples_out += n
+            return samples
+        pending = self._pending
+        pending += np.ascontiguousarray(samples).data.cast("B")
+        if len(pending) < self._min_push_bytes:
+            return _EMPTY
+        # soxr copies the input during the call, so the buffer is reusable right after.
+        frames = self._resampler.push(pending)
+        pending.clear()
+        return self._collect(frames)
+
+    def flush(self) -> Int16Array:
+        """Drain everything held back. The resampler stays usable (soxr restarts its filter).
+
+        After a flush ``samples_out`` is within a few samples of
+        ``samples_in * 16000 / input_rate``.
+        """
+        if self._resampler is None:
+            return _EMPTY
+        frames: list[rtc.AudioFrame] = []
+        if self._pending:
+            frames.extend(self._resampler.push(self._pending))
+            self._pending.clear()
+        frames.extend(self._resampler.flush())
+        return self._collect(frames)
+
+    def _start(self, sample_rate: int) -> None:
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        self._rate = sample_rate
+        if sample_rate != SAMPLE_RATE:
+            self._resampler = rtc.AudioResampler(
+                sample_rate, SAMPLE_RATE, num_channels=1, quality=rtc.AudioResamplerQuality.HIGH
+            )
+            self._min_push_bytes = 2 * sample_rate * self._min_push_ms // 1000
+
+    def _collect(self, frames: list[rtc.AudioFrame]) -> Int16Array:
+        if not frames:
+            return _EMPTY
+        if len(frames) == 1:
+            out: Int16Array = np.frombuffer(frames[0].data, dtype=np.int16)
+        else:
+            out = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
+        self.samples_out += len(out)
+        return out
+
+
+class StepChunker:
+    """Re-chunks a mono int16 stream into exact ``step_samples`` chunks (80 ms at 16 kHz).
+
+    Only the partial chunk is buffered (one preallocated array); whole chunks inside a large
+    push are cut out of a single copy, so the cost per push is O(1) numpy calls.
+    """
+
+    __slots__ = ("_step", "_buf", "_fill", "samples_in", "samples_out")
+
+    def __init__(self, step_samples: int = STEP_SAMPLES) -> None:
+        if step_samples < 1:
+            raise ValueError(f"step_samples must be >= 1, got {step_samples}")
+        self._step = step_samples
+        self._buf: Int16Array = np.empty(step_samples, dtype=np.int16)
+        self._fill = 0
+        self.samples_in = 0
+        """Samples pushed so far."""
+        self.samples_out = 0
+        """Samples returned so far (chunks and flushed remainders)."""
+
+    @property
+    def step_samples(self) -> int:
+        """The chunk size in samples."""
+        return self._step
+
+    @property
+    def pending_samples(self) -> int:
+        """Samples waiting for a chunk to fill up (always < ``step_samples``)."""
+        return self._fill
+
+    def push(self, samples: Int16Array) -> list[Int16Array]:
+        """Add samples; return every chunk completed, each exactly ``step_samples`` long.
+
+        The chunks are owned by the caller and never alias ``samples``.
+        """
+        n = len(samples)
+        if n == 0:
+            return []
+        self.samples_in += n
+        step = self._step
+        fill = self._fill
+        if fill + n < step:
+            self._buf[fill : fill + n] = samples
+            self._fill = fill + n
+            return []
+        chunks: list[Int16Array] = []
+        i = 0
+        if fill:
+            i = step - fill
+            self._buf[fill:] = samples[:i]
+            chunks.append(self._buf)
+            self._buf = np.empty(step, dtype=np.int16)
+        whole = (n - i) // step
+        if whole:
+            end = i + whole * step
+            chunks.extend(samples[i:end].reshape(whole, step).copy())
+            i = end
+        rest = n - i
+        self._buf[:rest] = samples[i:]
+        self._fill = rest
+        self.samples_out += len(chunks) * step
+        return chunks
+
+    def flush(self) -> Int16Array | None:
+        """The buffered remainder (shorter than a step), or None when nothing is pending."""
+        fill = self._fill
+        if not fill:
+            return None
+        rest: Int16Array = self._buf[:fill].copy()
+        self._fill = 0
+        self.samples_out += fill
+        return rest
+
+
+class AudioPipeline:
+    """``to_mono_int16`` → ``MonoResampler`` → ``StepChunker`` for a stream of frames.
+
+    One per stream. Chunks are consecutive on the 16 kHz clock: until the first ``flush``,
+    chunk ``k`` covers samples ``[k * 1280, (k + 1) * 1280)``.
+    """
+
+    __slots__ = ("resampler", "chunker")
+
+    def __init__(self, *, min_push_ms: int = 20) -> None:
+        self.resampler = MonoResampler(min_push_ms=min_push_ms)
+        self.chunker = StepChunker()
+
+    def push_frame(self, frame: rtc.AudioFrame) -> list[Int16Array]:
+        """Add one frame; return the 80 ms chunks it completed (often none).
+
+        Raises:
+            ValueError: if the frame's rate differs from the first frame's.
+        """
+        mono = to_mono_int16(frame)
+        return self.chunker.push(self.resampler.push(mono, frame.sample_rate))
+
+    def flush(self) -> list[Int16Array]:
+        """Drain the resampler and the chunker: whole chunks, then a shorter last one if any."""
+        chunks = self.chunker.push(self.resampler.flush())
+        rest = self.chunker.flush()
+        if rest is not None:
+            chunks.append(rest)
+        return chunks
+
+    @property
+    def samples_out(self) -> int:
+        """16 kHz samples returned so far: the stream position of the next chunk."""
+        return self.chunker.samples_out
