@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import numpy.typing as npt
-
 from livekit import rtc
+
 from livekit_plugins_voxtral_vllm import protocol
 from livekit_plugins_voxtral_vllm.audio import (
     AudioPipeline,

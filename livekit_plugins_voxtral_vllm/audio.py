@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-
 from livekit import rtc
 
 from .protocol import SAMPLE_RATE, STEP_SAMPLES

@@ -227,19 +227,21 @@ class RealtimeConnection:
             self.state = ConnectionState.CLOSED
 
     def receive_text(self, text: str, now: float) -> None:
-        """Handle one text frame from the server. Never raises."""
-        if self.state is ConnectionState.CLOSED:
+        """Handle one text frame from the server. Never raises; dropped once FAILED or CLOSED."""
+        if self.state in (ConnectionState.FAILED, ConnectionState.CLOSED):
+            # FAILED is sticky: the follow-up errors vLLM sends (a pipelined commit after a bad
+            # model answers model_not_validated) must not replace the cause in `failure`.
             return
         self.last_received_at = now
         message = protocol.parse_server_message(text)
         if isinstance(message, protocol.TranscriptionDelta):
-            self._receive_transcription_delta(message)
+            self._receive_transcription_delta(message, text)
         elif isinstance(message, protocol.TranscriptionDone):
-            self._receive_transcription_done(message)
+            self._receive_transcription_done(message, text)
         elif isinstance(message, protocol.ErrorEvent):
             self._receive_error(message)
         elif isinstance(message, protocol.SessionCreated):
-            self._receive_session_created(message)
+            self._receive_session_created(message, text)
         else:
             self._events.append(MalformedMessageReceived(raw=message.raw, reason=message.reason))
 
@@ -255,25 +257,22 @@ class RealtimeConnection:
             )
         self._to_send.append(protocol.dump(update))
 
-    def _receive_session_created(self, message: protocol.SessionCreated) -> None:
+    # The handlers report the frame as received: re-serialising it would alter it and raises
+    # on a lone surrogate escape ("\ud800" is valid JSON but not UTF-8).
+
+    def _receive_session_created(self, message: protocol.SessionCreated, raw: str) -> None:
         if self.session_id is not None:
-            self._events.append(
-                MalformedMessageReceived(
-                    raw=protocol.dump(message), reason="second session.created"
-                )
-            )
+            self._events.append(MalformedMessageReceived(raw=raw, reason="second session.created"))
             return
         self.session_id = message.id
         if self.state is ConnectionState.CONNECTING:
             self.state = ConnectionState.OPEN
         self._events.append(SessionCreated(message.id))
 
-    def _receive_transcription_delta(self, message: protocol.TranscriptionDelta) -> None:
+    def _receive_transcription_delta(self, message: protocol.TranscriptionDelta, raw: str) -> None:
         if self.generation_state is GenerationState.IDLE:
             self._events.append(
-                MalformedMessageReceived(
-                    raw=protocol.dump(message), reason="delta with no generation running"
-                )
+                MalformedMessageReceived(raw=raw, reason="delta with no generation running")
             )
             return
         step = self._steps
@@ -281,13 +280,11 @@ class RealtimeConnection:
         self._text.append(message.delta)
         self._events.append(DeltaReceived(self._generation, step, message.delta))
 
-    def _receive_transcription_done(self, message: protocol.TranscriptionDone) -> None:
+    def _receive_transcription_done(self, message: protocol.TranscriptionDone, raw: str) -> None:
         state = self.generation_state
         if state is GenerationState.IDLE:
             self._events.append(
-                MalformedMessageReceived(
-                    raw=protocol.dump(message), reason="done with no generation running"
-                )
+                MalformedMessageReceived(raw=raw, reason="done with no generation running")
             )
             return
         if state is GenerationState.RUNNING:

@@ -72,7 +72,7 @@ class AudioHistory:
         hi = min(hi, self._end)
         n_hops = (hi - lo) // _HOP
         if n_hops <= 0:
-            return max(lo, min(hi, self._end))
+            return min(lo, self._end)
         x = self.slice(lo, lo + n_hops * _HOP).astype(np.float32).reshape(n_hops, _HOP)
         energy = np.einsum("ij,ij->i", x, x)
         floor = float(energy.min())

@@ -205,7 +205,8 @@ def parse_server_message(text: str) -> ServerEvent | MalformedMessage:
     """
     try:
         data = json.loads(text)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:
+        # RecursionError: json's C decoder gives up on nesting deeper than the recursion limit
         return MalformedMessage(raw=text, reason=f"not JSON: {e}")
     if not isinstance(data, dict):
         return MalformedMessage(raw=text, reason=f"not a JSON object: {type(data).__name__}")

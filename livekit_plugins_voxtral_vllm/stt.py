@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import aiohttp
 import numpy as np
+from livekit import rtc
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
@@ -34,8 +35,6 @@ from livekit.agents import (
 from livekit.agents.language import LanguageCode
 from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
 from livekit.agents.utils import AudioBuffer, is_given
-
-from livekit import rtc
 
 from . import protocol
 from .audio import AudioPipeline

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
 from livekit import rtc
 from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError, stt
@@ -86,14 +85,15 @@ async def test_event_order_and_request_ids(engine: STT) -> None:
     check_event_rules(run)
     assert len(run.finals) >= 3
     usage = run.of(T.RECOGNITION_USAGE)
-    assert usage and all(u.recognition_usage and u.recognition_usage.input_tokens == 39 for u in usage)
+    assert usage
+    assert all(u.recognition_usage and u.recognition_usage.input_tokens == 39 for u in usage)
 
 
 def check_timestamps(run: Run, speech_words: list[tuple[str, float, float]]) -> None:
     words = [w for ev in run.finals for w in ev.alternatives[0].words or []]
     truth = [(t.strip(), s, e) for t, s, e in speech_words if t.strip() not in ".,?"]
     assert [str(w).rstrip(".,?") for w in words] == [t for t, _, _ in truth]
-    for w, (_, start, end) in zip(words, truth):
+    for w, (_, start, end) in zip(words, truth, strict=True):
         assert abs(w.start_time - start) <= 0.08 + 1e-6, (str(w), w.start_time, start)
         assert abs(w.end_time - end) <= 0.08 + 1e-6, (str(w), w.end_time, end)
     for ev in run.finals:
@@ -208,7 +208,7 @@ async def test_recognize_one_final_with_timestamps(engine: STT) -> None:
     assert normalize(data.text) == normalize(speech.text)
     assert data.words
     truth = [w for w in speech.words if w.text.strip() not in ".,?"]
-    for w, t in zip(data.words, truth):
+    for w, t in zip(data.words, truth, strict=True):
         assert abs(w.end_time - t.end_s) <= 0.08 + 1e-6
 
 
@@ -274,5 +274,3 @@ async def test_realtime_pacing_24k_50ms() -> None:
     check_event_rules(run)
     # in real time, each utterance ends before the next starts: two speaking periods
     assert run.kinds.count(T.START_OF_SPEECH) == 2
-
-

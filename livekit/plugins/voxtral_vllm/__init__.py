@@ -1,4 +1,4 @@
-"""``from livekit.plugins import voxtral_vllm``: the same package as ``livekit_plugins_voxtral_vllm``."""
+"""`from livekit.plugins import voxtral_vllm`: the same package as livekit_plugins_voxtral_vllm."""
 
 from livekit_plugins_voxtral_vllm import STT, SpeechStream, __version__
 
