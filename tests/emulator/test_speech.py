@@ -9,8 +9,8 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from livekit import rtc
+
 from livekit_plugins_voxtral_vllm.testing.speech import (
     MARKERS,
     VOCABULARY,
