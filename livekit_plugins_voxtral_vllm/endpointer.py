@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -138,9 +138,14 @@ class SpeechResumed:
 
 @dataclass(frozen=True, slots=True)
 class SpeechEnded:
-    """Speech ended at ``end_sample`` (the end of the last speech frame)."""
+    """Speech ended at ``end_sample`` (the end of the last speech frame).
+
+    ``decided_sample`` is where the silence became long enough (``end_sample`` +
+    ``min_silence_ms``): audio before it belongs to the utterance, audio after it does not.
+    """
 
     end_sample: int
+    decided_sample: int = field(default=0, compare=False)
 
 
 EndpointerEvent = SpeechStarted | SpeechResumed | SpeechEnded
@@ -259,7 +264,7 @@ class Endpointer:
         if not self._speaking:
             return []
         self._speaking = False
-        return [SpeechEnded(self._speech_end * self._frame)]
+        return [SpeechEnded(self._speech_end * self._frame, self._frames_done * self._frame)]
 
     # Private methods
 
@@ -311,7 +316,11 @@ class Endpointer:
                     self._silence += 1
                     if self._silence >= self._min_silence_frames:
                         speaking = False
-                        events.append(SpeechEnded(self._speech_end * frame_samples))
+                        events.append(
+                            SpeechEnded(
+                                self._speech_end * frame_samples, (index + 1) * frame_samples
+                            )
+                        )
             elif energy >= start_min and energy >= floor * start_ratio:
                 if self._onset is None:
                     self._onset = index

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_right, insort
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import InvalidState, LocalProtocolError
 from .log import logger
@@ -117,6 +117,9 @@ class ResumePoint:
     """End of the generation's last finalised word, or its start if it finalised none."""
     segment: int | None
     """The segment the replayed text continues (its caption is replaced), if any."""
+    after_word: bool = field(default=True, compare=False)
+    """False when ``resume_s`` is a generation start (no word to cut after): replay from
+    exactly there."""
 
 
 _DEFAULT_OPTIONS = SegmenterOptions()
@@ -197,7 +200,10 @@ class CaptionSegmenter:
     @property
     def last_word_end_s(self) -> float | None:
         """End of the latest word still held (open or finalised); None before the first word."""
-        return self._words[-1].end_s if self._words else self._last_final_end_s
+        if self._words:
+            end = self._words[-1].end_s
+            return end if self._prev_word_end_s is None else max(end, self._prev_word_end_s)
+        return self._last_final_end_s
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -347,6 +353,33 @@ class CaptionSegmenter:
         self._gen_open = False
         return events
 
+    def continue_generation(self, done_text: str | None) -> list[CaptionEvent]:
+        """The server ended the generation by itself (max_model_len) while speech went on,
+        and the next generation carries on from where it stopped.
+
+        The open segment stays open, so the continuation's first tokens (often the
+        punctuation of the last word) extend it rather than opening a new caption. The next
+        generation is opened at once; a later :meth:`abandon_generation` resumes before the
+        open segment, in this generation's audio.
+
+        Raises:
+            InvalidState: no generation is open.
+        """
+        self._require_generation("continue_generation")
+        raw = "".join(self._raw)
+        if done_text is not None and _normalise(done_text) != _normalise(raw):
+            # text we cannot trust to carry over: settle it like a normal end
+            return self.finish_generation(done_text, self._last_step_s or self._gen_start_s)
+        prev_end, last_text = self._prev_word_end_s, self._last_text_step_s
+        ends_sentence, space = self._ends_sentence, self._space_pending
+        gen_start, final_end = self._gen_start_s, self._gen_final_end_s
+        self._gen_open = False
+        self.start_generation(gen_start)
+        self._gen_final_end_s = final_end
+        self._prev_word_end_s, self._last_text_step_s = prev_end, last_text
+        self._ends_sentence, self._space_pending = ends_sentence, space
+        return []
+
     def abandon_generation(self) -> ResumePoint:
         """The generation was lost (connection drop, ``processing_error``): no ``done`` comes.
 
@@ -364,6 +397,7 @@ class CaptionSegmenter:
         return ResumePoint(
             self._gen_start_s if resume_s is None else resume_s,
             self._segment,
+            after_word=resume_s is not None,
         )
 
     # -- private --------------------------------------------------------------------------
@@ -422,7 +456,12 @@ class CaptionSegmenter:
         self._raw_final = raw_end
         if len(self._raw) > 1:  # one string, not one object per delta, in a day-long generation
             self._raw = ["".join(self._raw)]
-        self._gen_final_end_s = self._last_final_end_s = final.end_s
+        # Where the finalised text's sound ended: a trailing "." or "?" has its own step after
+        # the word, and a replay that started before it would transcribe it twice.
+        sound_end = final.end_s
+        if self._prev_word_end_s is not None:
+            sound_end = max(sound_end, self._prev_word_end_s)
+        self._gen_final_end_s = self._last_final_end_s = sound_end
         cut = bisect_right(self._onsets, final.end_s)
         if cut:
             del self._onsets[:cut]

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .connection import RealtimeConnection
+from .errors import InvalidState
 from .events import (
     ConnectionState,
     DeltaReceived,
@@ -98,6 +99,7 @@ class CoreOptions:
     max_lanes: int = 2
     history_s: float = 20.0
     max_lag_s: float = 5.0
+    lag_grace_s: float = 2.0
     lag_policy: LagPolicy = LagPolicy.CATCH_UP
     input_stall_s: float = 2.0
     generation_timeout_s: float = 10.0
@@ -207,12 +209,16 @@ class _Generation:
     phase: _Phase = _Phase.WAITING
     lane: int | None = None
     muted: bool = False  # its captions were closed at a cut; later output is ignored
+    continued: bool = False  # stopped by the server at max_model_len; its caption carries on
     steps: int = 0
+    last_text_step: int = -1
     onset_s: float | None = None
     pending: list[DeltaReceived | GenerationFinished] = field(default_factory=list)
     finished: bool = False
     last_activity: float = 0.0
     lag_warned: bool = False
+    lag_since: float | None = None
+    lag_at_start: float = 0.0
 
 
 @dataclass(eq=False)
@@ -244,11 +250,15 @@ class StreamCore:
         self._last_gen_end = 0
         self._input_ended = False
         self._failed = False
+        self._fatal = False
         self._last_audio_at: float | None = None
-        self._connect_failures = 0
+        self._connect_failures = 0  # in a row; reset by a session.created
+        self._losses = 0  # generations lost in a row; reset by a requested done
         self._reconnect_at: float | None = None
         self._push_marks: collections.deque[tuple[int, float]] = collections.deque()
         self._prompt_tokens = 33 + options.transcription_delay_ms // 80
+        # steps vLLM runs after ``final`` on its right padding (delay tokens + 1 + 10, §3.2)
+        self._pad_steps = options.transcription_delay_ms // 80 + 11
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -316,6 +326,11 @@ class StreamCore:
     def speech_started(self, start_sample: int, now: float) -> None:
         """Speech began at ``start_sample`` (absolute, 16 kHz): start a generation with
         pre-roll, on a lane that can take it (opening one if the others are busy)."""
+        logger.debug(
+            "speech started at %.2fs (live: %s)",
+            start_sample / SAMPLE_RATE,
+            self._live.gid if self._live else None,
+        )
         if self._failed or self._input_ended or self._live is not None:
             return
         if not self._speaking:
@@ -324,7 +339,7 @@ class StreamCore:
         start = max(
             start_sample - self._opts.preroll_ms * _MS, self._last_gen_end, self._history.start
         )
-        gen = self._new_generation(start, now)
+        gen = self._new_generation(start, now, "speech started")
         gen.onset_s = max(start_sample, start) / SAMPLE_RATE
         self._live = gen
         self._order.append(gen)
@@ -338,6 +353,7 @@ class StreamCore:
 
     def speech_ended(self, end_sample: int, now: float) -> None:
         """The endpointer saw enough silence: finish the live generation (``final``)."""
+        logger.debug("speech ended at %.2fs", end_sample / SAMPLE_RATE)
         self._end_live(now)
 
     def flush(self, now: float) -> None:
@@ -350,6 +366,36 @@ class StreamCore:
         self._input_ended = True
         self._maybe_speech_ended()
         self._trim_idle_lanes()
+
+    def resume(self, now: float) -> None:
+        """Carry on after the glue lost every socket (LiveKit retries the stream's ``_run``):
+        what was in flight is replayed and the reconnect budget starts over. Audio history,
+        captions and the sample clock are kept.
+
+        Raises:
+            InvalidState: the stream failed for a configuration error; make a new one.
+        """
+        if self._failed and self._fatal:
+            raise InvalidState("the stream failed for a configuration error")
+        for lane_id in list(self._lanes):
+            lane = self._lanes.pop(lane_id)
+            if lane.conn is not None:
+                lane.conn.connection_lost(now)
+                self._process_lane_events(lane, now, assign=False)
+            if lane.gen is not None and lane.gen.phase is not _Phase.ENDED:
+                gen, lane.gen = lane.gen, None
+                self._continue_after_loss(gen, now, "stream restarted")
+        self._failed = False
+        self._connect_failures = 0
+        self._losses = 0
+        self._reconnect_at = None
+        self._actions = [
+            a
+            for a in self._actions
+            if not isinstance(a, (StreamFailed, OpenLane, CloseLane, SendOnLane))
+        ]
+        self._assign(now)
+        self._ensure_lanes(1)
 
     def close(self) -> None:
         """Forget every lane (the glue closes the sockets)."""
@@ -459,14 +505,21 @@ class StreamCore:
         """Open lanes until ``wanted`` exist (at most max_lanes), unless backing off."""
         if self._failed or self._reconnect_at is not None:
             return
+        if self._connect_failures and any(ln.conn is None for ln in self._lanes.values()):
+            return  # the server is not answering: one attempt at a time
         while len(self._lanes) < min(wanted, self._opts.max_lanes):
             lane_id = self._next_lane
             self._next_lane += 1
             self._lanes[lane_id] = _Lane(lane_id)
             self._actions.append(OpenLane(lane_id))
+            logger.debug("opening lane %d", lane_id)
 
     def _assign(self, now: float) -> None:
-        """Give waiting generations, in order, a lane that can start one."""
+        """Give waiting generations, in order, a lane that can start one; open another lane
+        when none is free or connecting."""
+        for dead in list(self._lanes.values()):
+            if dead.gen is None and dead.conn is not None and not dead.conn.reusable:
+                self._retire_lane(dead.lane)  # may hold stale audio in vLLM's queue
         waiting = [g for g in self._order if g.phase is _Phase.WAITING]
         if (
             self._live is not None
@@ -484,8 +537,13 @@ class StreamCore:
                 None,
             )
             if lane is None:
-                busy = sum(1 for ln in self._lanes.values() if ln.gen is not None)
-                self._ensure_lanes(busy + 1)
+                connecting = any(
+                    ln.gen is None
+                    and (ln.conn is None or ln.conn.state is ConnectionState.CONNECTING)
+                    for ln in self._lanes.values()
+                )
+                if not connecting:
+                    self._ensure_lanes(len(self._lanes) + 1)
                 return
             assert lane.conn is not None
             lane.gen = gen
@@ -516,6 +574,7 @@ class StreamCore:
             return
         lane = self._lanes.pop(lane_id, None)
         if lane is not None:
+            logger.debug("closing lane %d", lane_id)
             if lane.conn is not None:
                 lane.conn.close()
                 self._collect(lane)
@@ -529,9 +588,20 @@ class StreamCore:
 
     # -- internals: audio ------------------------------------------------------------------------
 
-    def _new_generation(self, start: int, now: float) -> _Generation:
+    def _new_generation(self, start: int, now: float, why: str) -> _Generation:
+        if start < self._history.start:
+            # the history no longer holds it (a very long outage): count what is lost
+            self.stats.dropped_audio_s += (self._history.start - start) / SAMPLE_RATE
+            start = self._history.start
         gen = _Generation(gid=self._next_gid, start=start, sent_until=start, last_activity=now)
         self._next_gid += 1
+        logger.debug(
+            "generation %d from %.2fs (%s); audio up to %.2fs",
+            gen.gid,
+            start / SAMPLE_RATE,
+            why,
+            self._history.end / SAMPLE_RATE,
+        )
         return gen
 
     def _feed(self, gen: _Generation, now: float) -> None:
@@ -543,9 +613,12 @@ class StreamCore:
             return
         conn = lane.conn
         if gen.sent_until < self._history.start:
-            # the history no longer holds it (a very long outage): count what is lost
-            self.stats.dropped_audio_s += (self._history.start - gen.sent_until) / SAMPLE_RATE
-            gen.sent_until = self._history.start
+            # The history moved past audio it was owed while it waited for a lane (a long
+            # outage). Only a generation that has sent nothing yet can start later: its start
+            # anchors the timestamps of its steps.
+            assert gen.sent_until == gen.start, "a running generation is fed continuously"
+            self.stats.dropped_audio_s += (self._history.start - gen.start) / SAMPLE_RATE
+            gen.start = gen.sent_until = self._history.start
         until = self._history.end if gen.end is None else min(gen.end, self._history.end)
         if until > gen.sent_until:
             audio = self._history.slice(gen.sent_until, until)
@@ -558,6 +631,8 @@ class StreamCore:
             gen.last_activity = now
         elif gen is self._live:
             self._check_lag(gen, conn, now)
+            if gen is self._live:
+                self._check_capacity(gen, conn, now)
 
     def _end_live(self, now: float) -> None:
         gen = self._live
@@ -579,6 +654,8 @@ class StreamCore:
                     continue
                 gen.last_activity = now
                 gen.steps = ev.step + 1
+                if ev.delta.strip():
+                    gen.last_text_step = ev.step
                 if not gen.muted:
                     self._route(gen, ev, now)
                     self._after_step(gen, lane.conn, now)
@@ -592,7 +669,14 @@ class StreamCore:
                     continue
                 lane.gen = None
                 self.stats.lost_generations += 1
+                self._losses += 1
                 logger.warning("generation %d lost: %s", gen.gid, ev.reason)
+                if self._losses > self._opts.max_reconnects + 1:
+                    self._fail(
+                        f"vLLM lost {self._losses} generations in a row (last: {ev.reason})",
+                        configuration=False,
+                    )
+                    return
                 self._continue_after_loss(gen, now, ev.reason)
             elif isinstance(ev, ServerErrorReceived):
                 self.stats.server_errors += 1
@@ -609,6 +693,7 @@ class StreamCore:
                     extra={"lk.pii.data": ev.raw[:200]},
                 )
             elif isinstance(ev, SessionCreated):
+                self._connect_failures = 0
                 logger.debug("lane %d: vLLM session %s", lane.lane, ev.session_id)
         if assign and not self._failed:
             self._assign(now)
@@ -632,8 +717,12 @@ class StreamCore:
                 self.stats.first_text_latency_s = self._latency(step_end - STEP_SAMPLES // 2, now)
             self._emit_captions(seg.receive_delta(ev.delta, step_end / SAMPLE_RATE), now)
         else:
-            end_s = (gen.start + ev.steps * STEP_SAMPLES) / SAMPLE_RATE
-            self._emit_captions(seg.finish_generation(ev.text, end_s), now)
+            if gen.continued:
+                captions = seg.continue_generation(ev.text)
+            else:
+                end_s = (gen.start + ev.steps * STEP_SAMPLES) / SAMPLE_RATE
+                captions = seg.finish_generation(ev.text, end_s)
+            self._emit_captions(captions, now)
             self._report_usage(gen, ev)
             gen.finished = True
 
@@ -668,7 +757,7 @@ class StreamCore:
 
     def _on_finished(self, gen: _Generation, ev: GenerationFinished, now: float) -> None:
         if ev.reason is FinishReason.REQUESTED:
-            self._connect_failures = 0  # a whole generation worked: the budget starts over
+            self._losses = 0  # a whole generation worked: the budget starts over
         else:
             self.stats.unsolicited_done += 1
             logger.info("generation %d reached max_model_len; continuing in a new one", gen.gid)
@@ -678,13 +767,17 @@ class StreamCore:
             # rolled over: its captions were closed at the cut; only usage remains
             self._report_usage(gen, ev)
             return
+        gen.continued = ev.reason is FinishReason.MAX_MODEL_LEN
         self._route(gen, ev, now)
         if ev.reason is FinishReason.MAX_MODEL_LEN:
             # The server stopped it while audio still flowed (§2.3): carry on from a quiet
             # point after the last word it transcribed, with the audio it had not consumed.
             transcribed_end = gen.start + ev.steps * STEP_SAMPLES
             last_word = self._last_word_end(gen, pending_done=ev)
-            cut = self._cut_after(last_word, gen.start, transcribed_end)
+            # A word ending at the very last step has its gap in audio the server never
+            # transcribed, which the history still holds.
+            limit = transcribed_end if last_word is None else gen.sent_until
+            cut = self._cut_after(last_word, gen.start, limit)
             self._continue(gen, cut, now, after=True)
         self._advance(now)
 
@@ -698,10 +791,12 @@ class StreamCore:
         if self._order and self._order[0] is gen and self._segmenter.has_open_generation:
             resume = self._segmenter.abandon_generation()
             resume_sample = int(resume.resume_s * SAMPLE_RATE)
-            if resume_sample > gen.start:
-                cut = self._cut_after(resume_sample, gen.start, gen.sent_until)
+            if resume.after_word:
+                # may lie before gen.start when gen continued a server-stopped generation
+                lo = max(self._history.start, min(gen.start, resume_sample))
+                cut = self._cut_after(resume_sample, lo, gen.sent_until)
             else:
-                cut = gen.start
+                cut = max(self._history.start, min(gen.start, resume_sample))
         else:
             cut = gen.start  # none of its output reached the captions
         gen.pending.clear()
@@ -711,7 +806,7 @@ class StreamCore:
     def _continue(self, old: _Generation, cut: int, now: float, after: bool) -> None:
         """A new generation over ``[cut, old.end)`` that takes ``old``'s place in caption order
         (``after``: right behind ``old``, whose captions are still to be released)."""
-        new = self._new_generation(cut, now)
+        new = self._new_generation(cut, now, f"continuing {old.gid}")
         new.end = old.end
         if old.end is None and self._live is old:
             self._live = new
@@ -774,14 +869,27 @@ class StreamCore:
         self.stats.peak_lag_s = max(self.stats.peak_lag_s, lag)
         if gen.lag_warned and lag < self._opts.max_lag_s / 2:
             gen.lag_warned = False
+        self._check_capacity(gen, conn, now)
+
+    def _check_capacity(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
+        """Roll the live generation over before max_model_len (§2.3; before vLLM 0.32 reaching
+        it kills the engine for every session). What counts is every step the generation will
+        run once finished: the audio already sent (some still queued at the server) plus the
+        right padding vLLM appends at ``final``."""
         cap = self._capacity_steps()
         if cap is None or self._live is not gen or not self._order or self._order[0] is not gen:
             return
-        at_pause = self._segmenter.open_segment is None
-        if conn.steps >= cap * self._opts.rollover_fraction and at_pause:
+        if gen.phase is not _Phase.RUNNING:
+            return
+        committed = conn.expected_steps + self._pad_steps
+        if committed >= cap * self._opts.rollover_fraction and self._segmenter.open_segment is None:
             self._cut_live(gen, now, reason="rollover at a pause")
-        elif conn.steps >= cap - max(12, cap // 20):
+        elif committed >= cap - max(12, cap // 20) and conn.steps - gen.last_text_step > 2:
+            # No caption pause came: cut in the first short gap after a token, never between a
+            # word and the punctuation that follows it a step later.
             self._cut_live(gen, now, reason="rollover (no pause came)")
+        elif committed >= cap - 3:
+            self._cut_live(gen, now, reason="rollover at the limit")
 
     def _capacity_steps(self) -> int | None:
         if self._opts.max_model_len is None:
@@ -789,17 +897,29 @@ class StreamCore:
         return max(1, self._opts.max_model_len - self._prompt_tokens)
 
     def _check_lag(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
+        """Backpressure. A replay after a reconnect sends seconds of audio at once, which vLLM
+        then works through faster than real time; only a lag that stays over ``max_lag_s``
+        without shrinking for ``lag_grace_s`` is a server that cannot keep up."""
         lag_s = conn.lag_steps * STEP_SAMPLES / SAMPLE_RATE
         if lag_s <= self._opts.max_lag_s:
+            gen.lag_since = None
             return
-        if not gen.lag_warned:
-            gen.lag_warned = True
-            logger.warning(
-                "vLLM is %.1fs behind the audio (limit %.1fs); policy %s",
-                lag_s,
-                self._opts.max_lag_s,
-                self._opts.lag_policy.value,
-            )
+        if gen.lag_since is None:
+            gen.lag_since, gen.lag_at_start = now, lag_s
+            if not gen.lag_warned:
+                gen.lag_warned = True
+                logger.warning(
+                    "vLLM is %.1fs behind the audio (limit %.1fs); policy %s",
+                    lag_s,
+                    self._opts.max_lag_s,
+                    self._opts.lag_policy.value,
+                )
+            return
+        if now - gen.lag_since < self._opts.lag_grace_s:
+            return
+        if lag_s < gen.lag_at_start:  # catching up: give it another grace period
+            gen.lag_since, gen.lag_at_start = now, lag_s
+            return
         if self._opts.lag_policy is LagPolicy.CATCH_UP and self._order and self._order[0] is gen:
             self._cut_live(gen, now, reason="catching up", catch_up=True)
 
@@ -832,7 +952,7 @@ class StreamCore:
             )
         gen.muted = True
         self._remove(gen)
-        new = self._new_generation(cut, now)
+        new = self._new_generation(cut, now, f"{reason}, after {gen.gid}")
         self._live = new
         self._order.appendleft(new)
         if catch_up:
@@ -856,6 +976,7 @@ class StreamCore:
         if self._failed:
             return
         self._failed = True
+        self._fatal = configuration
         self._actions.append(StreamFailed(message, configuration))
 
 

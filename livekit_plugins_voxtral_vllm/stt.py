@@ -14,6 +14,7 @@ import os
 import ssl
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,7 +41,8 @@ from . import protocol
 from .audio import AudioPipeline
 from .connection import RealtimeConnection
 from .discovery import ServerInfo, discover, normalize_realtime_url
-from .endpointer import Endpointer, EndpointerEvent, EndpointerOptions
+from .endpointer import Endpointer, EndpointerOptions
+from .endpointer import SpeechEnded as EpSpeechEnded
 from .endpointer import SpeechResumed as EpSpeechResumed
 from .endpointer import SpeechStarted as EpSpeechStarted
 from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
@@ -481,7 +483,23 @@ class SpeechStream(stt.RecognizeStream):
         self._lanes: dict[int, _LaneIO] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] | None = None
+        self._pipeline = AudioPipeline()
+        self._endpointer = Endpointer(opts.endpointer) if stt._vad is None else None
+        self._user_offset = 0.0
         self._fatal: BaseException | None = None
+
+    @property
+    def start_time_offset(self) -> float:
+        """Seconds added to every timestamp (LiveKit sets it to where the stream starts in the
+        session). Unlike other plugins' clocks, ours survives a retried ``_run``, so LiveKit's
+        per-retry adjustment does not apply."""
+        return self._user_offset
+
+    @start_time_offset.setter
+    def start_time_offset(self, value: float) -> None:
+        if value < 0:
+            raise ValueError("start_time_offset must be non-negative")
+        self._user_offset = value
 
     def update_options(
         self, *, language: NotGivenOr[str] = NOT_GIVEN, segmenter: SegmenterOptions | None = None
@@ -514,30 +532,36 @@ class SpeechStream(stt.RecognizeStream):
                     info.version,
                 )
                 max_model_len = 4096
-        core = StreamCore(
-            CoreOptions(
-                model=opts.model,
-                language=opts.language or None,
-                transcription_delay_ms=opts.transcription_delay_ms,
-                preroll_ms=opts.preroll_ms,
-                max_model_len=max_model_len,
-                max_lag_s=opts.max_lag_s,
-                lag_policy=opts.lag_policy,
-                input_stall_s=opts.input_stall_s,
-                generation_timeout_s=opts.generation_timeout_s,
-                max_reconnects=self._conn_options.max_retry,
-                reconnect_interval_s=self._conn_options.retry_interval,
-                segmenter=opts.segmenter,
+        core = self._core
+        if core is None:
+            core = StreamCore(
+                CoreOptions(
+                    model=opts.model,
+                    language=opts.language or None,
+                    transcription_delay_ms=opts.transcription_delay_ms,
+                    preroll_ms=opts.preroll_ms,
+                    max_model_len=max_model_len,
+                    max_lag_s=opts.max_lag_s,
+                    lag_policy=opts.lag_policy,
+                    input_stall_s=opts.input_stall_s,
+                    generation_timeout_s=opts.generation_timeout_s,
+                    max_reconnects=self._conn_options.max_retry,
+                    reconnect_interval_s=self._conn_options.retry_interval,
+                    segmenter=opts.segmenter,
+                )
             )
-        )
-        core.stats = self.stats  # counters survive a retried _run
-        self._core = core
+            core.stats = self.stats
+            self._core = core
+            core.start(loop.time())
+        else:
+            # LiveKit retries _run after our own reconnects ran out: keep the audio history,
+            # the captions and the sample clock, and replay what was in flight.
+            core.resume(loop.time())
         self._fatal = None
         self._done = loop.create_future()
         input_task = asyncio.create_task(self._input_loop(core), name="voxtral_vllm.input")
         input_task.add_done_callback(self._on_input_done)
         try:
-            core.start(loop.time())
             self._pump()
             try:
                 await self._done
@@ -550,8 +574,6 @@ class SpeechStream(stt.RecognizeStream):
             await utils.aio.cancel_and_wait(input_task)
             lanes, self._lanes = list(self._lanes.values()), {}
             await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
-            core.close()
-            self._core = None
 
     async def _configuration_error(self, message: str) -> APIStatusError:
         """A non-retryable error that says what to fix; lists the served models if useful."""
@@ -590,8 +612,9 @@ class SpeechStream(stt.RecognizeStream):
 
     async def _input_loop(self, core: StreamCore) -> None:
         loop = asyncio.get_running_loop()
-        pipeline = AudioPipeline()
-        endpointer = Endpointer(self._opts.endpointer) if self._stt_impl._vad is None else None
+        # both keep their state across a retried _run, like the core's sample clock
+        pipeline = self._pipeline
+        endpointer = self._endpointer
         vad_stream = self._stt_impl._vad.stream() if self._stt_impl._vad is not None else None
         vad_task = (
             asyncio.create_task(self._vad_loop(core, vad_stream), name="voxtral_vllm.vad")
@@ -608,9 +631,10 @@ class SpeechStream(stt.RecognizeStream):
                     chunks = pipeline.flush()
                 now = loop.time()
                 for chunk in chunks:
-                    core.push_audio(chunk, now)
-                    if endpointer is not None:
-                        self._apply_endpointer(core, endpointer.push(chunk), now)
+                    if endpointer is None:
+                        core.push_audio(chunk, now)
+                    else:
+                        self._push_endpointed(core, endpointer, chunk, now)
                 if not isinstance(item, rtc.AudioFrame):
                     if endpointer is not None:
                         endpointer.flush()
@@ -629,16 +653,28 @@ class SpeechStream(stt.RecognizeStream):
             if vad_stream is not None:
                 await vad_stream.aclose()
 
-    def _apply_endpointer(
-        self, core: StreamCore, events: list[EndpointerEvent], now: float
+    @staticmethod
+    def _push_endpointed(
+        core: StreamCore, endpointer: Endpointer, chunk: np.ndarray, now: float
     ) -> None:
+        """Push ``chunk`` to the core with the endpointer's decisions at their exact sample:
+        an utterance that ends inside the chunk gets only the audio before the decision, so
+        speech resuming right after it starts whole in the next generation."""
+        base = endpointer.samples_seen
+        events = endpointer.push(chunk)
+        pos = 0
+        for ev in events:
+            if isinstance(ev, EpSpeechEnded):
+                cut = min(max(ev.decided_sample - base, pos), chunk.size)
+                core.push_audio(chunk[pos:cut], now)
+                pos = cut
+                core.speech_ended(ev.end_sample, now)
+        core.push_audio(chunk[pos:], now)
         for ev in events:
             if isinstance(ev, EpSpeechStarted):
                 core.speech_started(ev.start_sample, now)
             elif isinstance(ev, EpSpeechResumed):
                 core.speech_resumed(ev.start_sample, now)
-            else:
-                core.speech_ended(ev.end_sample, now)
 
     async def _vad_loop(self, core: StreamCore, vad_stream: lk_vad.VADStream) -> None:
         loop = asyncio.get_running_loop()
@@ -761,7 +797,7 @@ class SpeechStream(stt.RecognizeStream):
     # -- lanes -----------------------------------------------------------------------------------
 
     def _open_lane(self, lane_id: int) -> None:
-        lane = _LaneIO(lane_id)
+        lane = _LaneIO(lane_id, self._lane_lost)
         self._lanes[lane_id] = lane
         lane.task = asyncio.create_task(self._lane_loop(lane), name=f"voxtral_vllm.lane{lane_id}")
 
@@ -839,10 +875,12 @@ class SpeechStream(stt.RecognizeStream):
 
 
 class _LaneIO:
-    """The socket of one lane and its writer; frames are written in order."""
+    """The socket of one lane. Only its writer sends, so frames keep their order; closing
+    lets the writer flush what is queued (e.g. a final commit) and then close the socket."""
 
-    def __init__(self, lane: int) -> None:
+    def __init__(self, lane: int, on_lost: Callable[[_LaneIO, str], None]) -> None:
         self.lane = lane
+        self._on_lost = on_lost
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.task: asyncio.Task[None] | None = None
         self.closed = False
@@ -854,54 +892,43 @@ class _LaneIO:
             return
         self._outbox.extend(frames)
         if len(self._outbox) > _MAX_OUTBOX:
-            # the server stopped reading: drop the socket; the core replays what it owes
+            # vLLM stopped reading: drop the socket; the core replays what it is owed
             logger.warning("lane %d: vLLM is not reading; dropping the connection", self.lane)
             self._outbox.clear()
-            if self.ws is not None:
-                asyncio.ensure_future(self.ws.close())
+            self._on_lost(self, "vLLM stopped reading (send queue full)")
+            if self.task is not None:
+                self.task.cancel()
             return
         self._wake.set()
 
     async def write_loop(self) -> None:
-        assert self.ws is not None
+        ws = self.ws
+        assert ws is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._outbox:
                 batch, self._outbox = self._outbox, []
                 for frame in batch:
-                    await self.ws.send_str(frame)
+                    await ws.send_str(frame)
+            if self.closed:
+                await ws.close()
+                return
 
     def close(self) -> None:
-        """Close the socket after the frames already queued (e.g. a final commit)."""
+        """Close after the frames already queued. Idempotent."""
         if self.closed:
             return
         self.closed = True
-        if self.task is not None:
-            self._closing = asyncio.create_task(self._drain_and_close())
-
-    async def _drain_and_close(self) -> None:
-        ws = self.ws
-        try:
-            if ws is not None and not ws.closed:
-                for frame in self._outbox:
-                    await ws.send_str(frame)
-                self._outbox.clear()
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
-            pass
-        finally:
-            if self.task is not None:
-                await utils.aio.cancel_and_wait(self.task)
-            if ws is not None and not ws.closed:
-                await ws.close()
+        if self.ws is None and self.task is not None:
+            self.task.cancel()  # still connecting
+        self._wake.set()
 
     async def aclose(self) -> None:
+        """Close now (the stream is ending)."""
         self.closed = True
         if self.task is not None:
             await utils.aio.cancel_and_wait(self.task)
-        closing = getattr(self, "_closing", None)
-        if closing is not None:
-            await utils.aio.cancel_and_wait(closing)
         if self.ws is not None and not self.ws.closed:
             await self.ws.close()
 

@@ -1,0 +1,264 @@
+"""Chaos: minutes of synthesized speech through one stream while the emulated vLLM restarts,
+drops connections, loses generations, hits max_model_len, falls behind and sends garbage.
+Every test asserts the exact final text (every word once, in order) and bounded state.
+
+Faults fire at seeded audio positions, so every run is reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+from livekit.agents import APIConnectOptions
+
+from livekit_plugins_voxtral_vllm import STT, SpeechStream
+from livekit_plugins_voxtral_vllm.testing import (
+    VOCABULARY,
+    SynthesizedSpeech,
+    VLLMRealtimeEmulator,
+    synthesize,
+)
+
+from ..integration.helpers import Run, collect, frames_of, normalize
+
+WORDS = [w for w in VOCABULARY if w not in ".,?"]
+FRAME_MS = 20
+CONN = APIConnectOptions(max_retry=5, retry_interval=0.1, timeout=5.0)
+
+Fault = Callable[[VLLMRealtimeEmulator], Awaitable[None]]
+
+
+def script(seed: int, seconds: float, max_pause_ms: int = 1500) -> SynthesizedSpeech:
+    """Random sentences with random pauses, about ``seconds`` long."""
+    rng = random.Random(seed)
+    tokens: list[str] = []
+    total = 0.0
+    while total < seconds:
+        n = rng.randint(3, 9)
+        sentence = [rng.choice(WORDS) for _ in range(n)]
+        tokens += sentence + [rng.choice([".", "?", ".", ","])]
+        pause = rng.randint(100, max_pause_ms)
+        tokens.append(f"<pause:{pause}>")
+        total += n * 0.33 + 0.15 + pause / 1000
+    return synthesize(tokens, sample_rate=48000, seed=seed)
+
+
+class Bounds:
+    """Samples the stream's core while it runs: its state must stay small."""
+
+    def __init__(self) -> None:
+        self.max_order = 0
+        self.max_pending = 0
+        self.max_lanes = 0
+
+    def sample(self, stream: SpeechStream) -> None:
+        core = stream._core
+        if core is None:
+            return
+        self.max_order = max(self.max_order, len(core._order))
+        self.max_pending = max(self.max_pending, sum(len(g.pending) for g in core._order))
+        self.max_lanes = max(self.max_lanes, core.open_lanes)
+
+    def check(self) -> None:
+        assert self.max_order <= 4
+        assert self.max_lanes <= 2
+        assert self.max_pending <= 2000  # held deltas of a generation waiting its turn
+
+
+async def run_chaos(
+    emu: VLLMRealtimeEmulator,
+    speech: SynthesizedSpeech,
+    faults: dict[int, Fault],
+    *,
+    speedup: float = 25.0,
+    engine: STT | None = None,
+) -> tuple[Run, SpeechStream]:
+    """Stream ``speech`` at ``speedup`` x real time; run ``faults[i]`` before frame ``i``."""
+    own = engine is None
+    engine = engine or STT(base_url=emu.url)
+    stream = engine.stream(conn_options=CONN)
+    run = Run()
+    bounds = Bounds()
+    reader = asyncio.create_task(collect(stream, run))
+    frames = frames_of(speech, FRAME_MS)
+    batch = 10
+    try:
+        for i, frame in enumerate(frames):
+            fault = faults.get(i)
+            if fault is not None:
+                await fault(emu)
+            stream.push_frame(frame)
+            if i % batch == batch - 1:
+                bounds.sample(stream)
+                await asyncio.sleep(batch * FRAME_MS / 1000 / speedup)
+        stream.end_input()
+        await asyncio.wait_for(reader, 60)
+    finally:
+        reader.cancel()
+        await stream.aclose()
+        if own:
+            await engine.aclose()
+    bounds.check()
+    return run, stream
+
+
+def schedule(seed: int, n_frames: int, count: int, fault: Fault) -> dict[int, Fault]:
+    rng = random.Random(seed)
+    points = sorted(rng.sample(range(50, n_frames - 50), count))
+    return dict.fromkeys(points, fault)
+
+
+def assert_exact(run: Run, speech: SynthesizedSpeech) -> None:
+    got, want = normalize(run.text).split(), normalize(speech.text).split()
+    assert got == want, _diff(got, want)
+    rids = [e.request_id for e in run.finals]
+    assert len(rids) == len(set(rids)), "one final per segment"
+    assert all(e.alternatives[0].text.strip() for e in run.finals)
+
+
+def _diff(got: list[str], want: list[str]) -> str:
+    for i, (a, b) in enumerate(zip(got, want, strict=False)):
+        if a != b:
+            return f"first difference at word {i}: got {got[i : i + 8]} want {want[i : i + 8]}"
+    return f"lengths differ: got {len(got)} words, want {len(want)}"
+
+
+async def restart(emu: VLLMRealtimeEmulator) -> None:
+    await emu.restart()
+
+
+async def drop_running(emu: VLLMRealtimeEmulator) -> None:
+    for conn in emu.active_connections:
+        gen = conn.generation
+        if gen is not None and gen.running:
+            conn.drop()
+
+
+async def processing_error(emu: VLLMRealtimeEmulator) -> None:
+    for conn in emu.active_connections:
+        gen = conn.generation
+        if gen is not None and gen.running:
+            conn.inject_processing_error("CUDA error: an illegal memory access was encountered")
+
+
+MALFORMED = [
+    "not json at all",
+    "[1, 2, 3]",
+    '{"type": "transcription.delta"}',
+    '{"type": "response.created", "response": {}}',
+    '{"type": "error", "error": "Invalid audio data", "code": "invalid_audio"}',
+    '{"type": "error", "error": "something odd", "code": null}',
+    '{"type": "session.created", "id": "sess-0000000000000000", "created": 1}',
+]
+
+
+def malformed(seed: int) -> Fault:
+    rng = random.Random(seed)
+
+    async def send(emu: VLLMRealtimeEmulator) -> None:
+        for conn in emu.active_connections:
+            conn.send_text(rng.choice(MALFORMED))
+
+    return send
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_server_restarts(seed: int) -> None:
+    """10 crashes and restarts per run (20 across the suite), at random points."""
+    async with VLLMRealtimeEmulator(fast=True) as emu:
+        speech = script(seed, 150)
+        n = len(speech.frames(FRAME_MS))
+        run, stream = await run_chaos(emu, speech, schedule(seed, n, 10, restart))
+        assert emu.stats().restarts == 10
+    assert_exact(run, speech)
+    assert stream.stats.reconnects >= 10
+
+
+async def test_dropped_connections_mid_generation() -> None:
+    async with VLLMRealtimeEmulator(fast=True) as emu:
+        speech = script(3, 150)
+        n = len(speech.frames(FRAME_MS))
+        run, stream = await run_chaos(emu, speech, schedule(3, n, 15, drop_running))
+    assert_exact(run, speech)
+    assert stream.stats.lost_generations >= 5
+
+
+async def test_processing_errors() -> None:
+    async with VLLMRealtimeEmulator(fast=True) as emu:
+        speech = script(4, 120)
+        n = len(speech.frames(FRAME_MS))
+        run, stream = await run_chaos(emu, speech, schedule(4, n, 12, processing_error))
+    assert_exact(run, speech)
+    assert stream.stats.lost_generations >= 5
+
+
+async def test_malformed_frames_are_ignored() -> None:
+    async with VLLMRealtimeEmulator(fast=True) as emu:
+        speech = script(5, 90)
+        n = len(speech.frames(FRAME_MS))
+        run, stream = await run_chaos(emu, speech, schedule(5, n, 40, malformed(5)))
+    assert_exact(run, speech)
+    assert stream.stats.malformed_messages + stream.stats.server_errors >= 10
+
+
+async def test_tiny_max_model_len_rolls_over_many_times() -> None:
+    """The plugin learns max_model_len from /v1/models and rolls over before it."""
+    async with VLLMRealtimeEmulator(fast=True, max_model_len=39 + 120) as emu:
+        speech = script(6, 150, max_pause_ms=550)  # long utterances: pauses < min_silence
+        run, stream = await run_chaos(emu, speech, {})
+        gens = [g for c in emu.connections for g in c.generations]
+        assert all(g.finished_reason is None or g.steps <= 120 for g in gens)
+    assert_exact(run, speech)
+    assert stream.stats.rollovers >= 3
+
+
+async def test_unsolicited_done_is_continued() -> None:
+    """The plugin does not know max_model_len: vLLM >= 0.32 stops the generation itself."""
+    async with VLLMRealtimeEmulator(fast=True, max_model_len=39 + 120) as emu:
+        engine = STT(base_url=emu.url, discover_server=False)
+        speech = script(7, 150, max_pause_ms=550)
+        run, stream = await run_chaos(emu, speech, {}, engine=engine)
+        await engine.aclose()
+    assert_exact(run, speech)
+    assert stream.stats.unsolicited_done >= 3
+
+
+async def test_old_vllm_engine_never_dies_at_max_model_len() -> None:
+    """vLLM < 0.32 kills every session at max_model_len: rollover must always come first."""
+    async with VLLMRealtimeEmulator(
+        fast=True, max_model_len=39 + 150, vllm_version="0.31.0"
+    ) as emu:
+        speech = script(8, 120, max_pause_ms=550)
+        run, stream = await run_chaos(emu, speech, {})
+        assert not emu.engine_dead
+        assert emu.stats().engine_deaths == 0
+    assert_exact(run, speech)
+    assert stream.stats.rollovers >= 2
+
+
+async def test_slow_server_lags_without_losing_words() -> None:
+    """Steps slower than the audio: lag builds (and is measured) but nothing is lost."""
+    async with VLLMRealtimeEmulator(fast=True) as emu:
+        emu.step_time_s = 0.004  # 250 steps/s, while audio arrives at ~310 steps/s
+        engine = STT(base_url=emu.url, max_lag_s=60.0, lag_policy="wait")
+        speech = script(9, 60)
+        run, stream = await run_chaos(emu, speech, {}, engine=engine)
+        await engine.aclose()
+    assert_exact(run, speech)
+    assert stream.stats.peak_lag_s > 0.5
+
+
+async def test_everything_at_once() -> None:
+    async with VLLMRealtimeEmulator(fast=True, max_model_len=39 + 200) as emu:
+        speech = script(10, 180, max_pause_ms=900)
+        n = len(speech.frames(FRAME_MS))
+        rng = random.Random(10)
+        faults: dict[int, Fault] = {}
+        kinds: list[Fault] = [restart, drop_running, processing_error, malformed(10)]
+        for point in sorted(rng.sample(range(50, n - 50), 24)):
+            faults[point] = rng.choice(kinds)
+        run, _ = await run_chaos(emu, speech, faults)
+    assert_exact(run, speech)
