@@ -36,6 +36,7 @@ __all__ = [
     "ClientEvent",
     "ServerEvent",
     "parse_server_message",
+    "describe_refusal",
     "dump",
     "encode_append",
     "encode_append_pcm",
@@ -185,6 +186,21 @@ _ERROR_KINDS: dict[ErrorCode, ErrorKind] = {
     ErrorCode.UNKNOWN_EVENT: ErrorKind.CLIENT_BUG,
     ErrorCode.INVALID_JSON: ErrorKind.CLIENT_BUG,
 }
+
+
+_REFUSAL_HINTS: dict[ErrorCode, str] = {
+    ErrorCode.MODEL_NOT_FOUND: "set model= (or VOXTRAL_VLLM_MODEL) to a name the server serves "
+    "(its --served-model-name, else the model path)",
+    ErrorCode.MODEL_NOT_VALIDATED: "the server did not accept session.update; check the model name",
+    ErrorCode.INVALID_EVENT: "the server rejected session.update",
+}
+
+
+def describe_refusal(code: ErrorCode | None, error: str) -> str:
+    """A user-facing message for a configuration error from vLLM, saying what to fix."""
+    hint = _REFUSAL_HINTS.get(code) if code is not None else None
+    name = code.value if code is not None else "error"
+    return f"vLLM refused the session ({name}): {error}" + (f"; {hint}" if hint else "")
 
 
 # -- parsing and serialising -------------------------------------------------------------------

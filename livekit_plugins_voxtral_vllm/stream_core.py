@@ -46,7 +46,7 @@ from .events import (
 )
 from .history import AudioHistory
 from .log import logger
-from .protocol import SAMPLE_RATE, STEP_SAMPLES, ErrorKind, Usage
+from .protocol import SAMPLE_RATE, STEP_SAMPLES, ErrorCode, ErrorKind, Usage, describe_refusal
 from .segmenter import (
     CaptionEvent,
     CaptionFinal,
@@ -159,10 +159,12 @@ class UsageReport:
 
 @dataclass(frozen=True, slots=True)
 class StreamFailed:
-    """The stream cannot go on. ``configuration`` errors are the user's to fix (no retry)."""
+    """The stream cannot go on. ``configuration`` errors are the user's to fix (no retry);
+    ``code`` is vLLM's error code when the server refused the session."""
 
     message: str
     configuration: bool
+    code: ErrorCode | None = None
 
 
 StreamEvent = SpeechStarted | SpeechEnded | Interim | Final | UsageReport
@@ -681,7 +683,7 @@ class StreamCore:
             elif isinstance(ev, ServerErrorReceived):
                 self.stats.server_errors += 1
                 if ev.kind is ErrorKind.CONFIGURATION:
-                    self._fail(_explain(ev), configuration=True)
+                    self._fail(describe_refusal(ev.code, ev.message), True, ev.code)
                     return
                 if ev.kind is ErrorKind.CLIENT_BUG:
                     logger.error("vLLM rejected a message: %s (%s)", ev.message, ev.code)
@@ -972,21 +974,9 @@ class StreamCore:
         except ValueError:
             pass
 
-    def _fail(self, message: str, configuration: bool) -> None:
+    def _fail(self, message: str, configuration: bool, code: ErrorCode | None = None) -> None:
         if self._failed:
             return
         self._failed = True
         self._fatal = configuration
-        self._actions.append(StreamFailed(message, configuration))
-
-
-def _explain(ev: ServerErrorReceived) -> str:
-    code = ev.code.value if ev.code else "error"
-    hints = {
-        "model_not_found": "set model= (or VOXTRAL_VLLM_MODEL) to a name the server serves "
-        "(its --served-model-name, else the model path)",
-        "model_not_validated": "the server did not accept session.update; check the model name",
-        "invalid_event": "the server rejected session.update",
-    }
-    hint = hints.get(code, "")
-    return f"vLLM refused the session ({code}): {ev.message}" + (f"; {hint}" if hint else "")
+        self._actions.append(StreamFailed(message, configuration, code))

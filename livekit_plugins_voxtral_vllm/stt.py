@@ -47,7 +47,7 @@ from .endpointer import SpeechResumed as EpSpeechResumed
 from .endpointer import SpeechStarted as EpSpeechStarted
 from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
 from .log import logger
-from .protocol import SAMPLE_RATE
+from .protocol import SAMPLE_RATE, ErrorCode
 from .segmenter import CaptionFinal, CaptionSegmenter, SegmenterOptions
 from .stream_core import (
     CloseLane,
@@ -355,6 +355,28 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             logger.debug("vLLM discovery failed: %s", e)
             return None
 
+    async def _refusal_error(
+        self, message: str, code: ErrorCode | None, timeout: float
+    ) -> APIStatusError:
+        """The non-retryable error for a refused session; for a model the server does not
+        serve, it lists the models it does serve."""
+        if code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.MODEL_NOT_VALIDATED):
+            try:
+                info = await discover(
+                    self._http_session(),
+                    self._opts.base_url,
+                    api_key=self._opts.api_key,
+                    timeout=min(5.0, timeout),
+                    ssl_context=self._ssl,
+                )
+            except Exception as e:  # the message is still useful without the list
+                logger.debug("could not list the served models: %s", e)
+            else:
+                if info.models:
+                    message += ". The server serves: " + ", ".join(m.id for m in info.models)
+            return APIStatusError(message, status_code=404, retryable=False)
+        return APIStatusError(message, status_code=400, retryable=False)
+
     async def _connect_ws(
         self, opts: _STTOptions, timeout: float
     ) -> aiohttp.ClientWebSocketResponse:
@@ -444,10 +466,10 @@ class STT(stt.STT[Literal["metrics_collected"]]):
                     elif isinstance(ev, GenerationFailed):
                         raise APIConnectionError(f"vLLM lost the generation: {ev.reason}")
                     elif isinstance(ev, ServerErrorReceived) and conn.failure is not None:
-                        raise APIStatusError(
-                            f"vLLM refused the session: {ev.message}",
-                            status_code=400,
-                            retryable=False,
+                        raise await self._refusal_error(
+                            protocol.describe_refusal(ev.code, ev.message),
+                            ev.code,
+                            conn_options.timeout,
                         )
         except asyncio.TimeoutError as e:
             raise APITimeoutError("vLLM did not finish the transcription in time") from e
@@ -486,7 +508,6 @@ class SpeechStream(stt.RecognizeStream):
         self._pipeline = AudioPipeline()
         self._endpointer = Endpointer(opts.endpointer) if stt._vad is None else None
         self._user_offset = 0.0
-        self._fatal: BaseException | None = None
 
     @property
     def start_time_offset(self) -> float:
@@ -557,7 +578,6 @@ class SpeechStream(stt.RecognizeStream):
             # LiveKit retries _run after our own reconnects ran out: keep the audio history,
             # the captions and the sample clock, and replay what was in flight.
             core.resume(loop.time())
-        self._fatal = None
         self._done = loop.create_future()
         input_task = asyncio.create_task(self._input_loop(core), name="voxtral_vllm.input")
         input_task.add_done_callback(self._on_input_done)
@@ -566,7 +586,9 @@ class SpeechStream(stt.RecognizeStream):
             try:
                 await self._done
             except _ConfigurationFailure as e:
-                raise await self._configuration_error(str(e)) from None
+                raise await self._stt_impl._refusal_error(
+                    str(e), e.code, self._conn_options.timeout
+                ) from None
         finally:
             if self._timer is not None:
                 self._timer.cancel()
@@ -574,27 +596,6 @@ class SpeechStream(stt.RecognizeStream):
             await utils.aio.cancel_and_wait(input_task)
             lanes, self._lanes = list(self._lanes.values()), {}
             await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
-
-    async def _configuration_error(self, message: str) -> APIStatusError:
-        """A non-retryable error that says what to fix; lists the served models if useful."""
-        status = 400
-        if "model_not_found" in message or "model_not_validated" in message:
-            status = 404
-            info: ServerInfo | None = None
-            try:
-                info = await discover(
-                    self._stt_impl._http_session(),
-                    self._opts.base_url,
-                    api_key=self._opts.api_key,
-                    timeout=min(5.0, self._conn_options.timeout),
-                    ssl_context=self._stt_impl._ssl,
-                )
-            except Exception as e:  # the message is still useful without the list
-                logger.debug("could not list the served models: %s", e)
-            if info is not None and info.models:
-                served = ", ".join(m.id for m in info.models)
-                message += f". The server serves: {served}"
-        return APIStatusError(message, status_code=status, retryable=False)
 
     def _on_input_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -790,7 +791,7 @@ class SpeechStream(stt.RecognizeStream):
 
     def _fail(self, failed: StreamFailed) -> None:
         if failed.configuration:
-            self._finish(_ConfigurationFailure(failed.message))
+            self._finish(_ConfigurationFailure(failed.message, failed.code))
         else:
             self._finish(APIConnectionError(failed.message))
 
@@ -818,7 +819,7 @@ class SpeechStream(stt.RecognizeStream):
             self._lane_lost(lane, str(e))
             return
         lane.ws = ws
-        self._stt_impl_report(loop.time() - started)
+        self._report_connection_acquired(loop.time() - started, False)
         core = self._core
         if core is None or lane.closed:
             await ws.close()
@@ -861,9 +862,6 @@ class SpeechStream(stt.RecognizeStream):
                 await ws.close()
         if not lane.closed:
             self._lane_lost(lane, reason)
-
-    def _stt_impl_report(self, acquire_time: float) -> None:
-        self._report_connection_acquired(acquire_time, False)
 
     def _lane_lost(self, lane: _LaneIO, reason: str) -> None:
         core = self._core
@@ -935,6 +933,10 @@ class _LaneIO:
 
 class _ConfigurationFailure(Exception):
     """Marker: the server refused the session; _run turns it into APIStatusError."""
+
+    def __init__(self, message: str, code: ErrorCode | None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _handshake_error(status: int, opts: _STTOptions) -> APIStatusError:

@@ -274,3 +274,16 @@ async def test_realtime_pacing_24k_50ms() -> None:
     check_event_rules(run)
     # in real time, each utterance ends before the next starts: two speaking periods
     assert run.kinds.count(T.START_OF_SPEECH) == 2
+
+
+async def test_recognize_wrong_model_lists_the_served_models(
+    emulator: VLLMRealtimeEmulator,
+) -> None:
+    engine = STT(base_url=emulator.url, model="mistralai/not-this-one")
+    speech = synthesize("hello world.", sample_rate=16000)
+    with pytest.raises(APIStatusError) as info:
+        await engine.recognize(frames_of(speech, 20))
+    await engine.aclose()
+    assert not info.value.retryable
+    assert "not-this-one" in str(info.value)
+    assert "The server serves: mistralai/Voxtral-Mini-4B-Realtime-2602" in str(info.value)
