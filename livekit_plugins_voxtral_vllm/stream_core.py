@@ -251,6 +251,7 @@ class StreamCore:
         self._speaking = False
         self._last_gen_end = 0
         self._input_ended = False
+        self._resume_on_audio = False
         self._failed = False
         self._fatal = False
         self._last_audio_at: float | None = None
@@ -322,7 +323,10 @@ class StreamCore:
         marks.append((self._history.end, now))
         while len(marks) > 2 and marks[1][0] < self._history.start:
             marks.popleft()
-        if self._live is not None:
+        if self._resume_on_audio and self._live is None:
+            self._resume_on_audio = False
+            self.speech_started(self._history.end - int(samples.size), now)
+        elif self._live is not None:
             self._feed(self._live, now)
 
     def speech_started(self, start_sample: int, now: float) -> None:
@@ -428,6 +432,9 @@ class StreamCore:
             # (vLLM 0.17-0.24 kill it silently after 60 s, §2.4); end the utterance instead.
             logger.debug("no audio for %.1fs, ending the utterance", now - self._last_audio_at)
             self._end_live(now)
+            # The endpointer still sees this utterance as open, so it will not announce the
+            # speech that follows when the audio comes back: open a generation for it then.
+            self._resume_on_audio = True
         for lane in list(self._lanes.values()):
             gen, conn = lane.gen, lane.conn
             if gen is None or conn is None or gen.phase not in (_Phase.RUNNING, _Phase.FINALIZING):
@@ -629,8 +636,7 @@ class StreamCore:
             self.stats.audio_sent_s += audio.size / SAMPLE_RATE
         if gen.end is not None and gen.sent_until >= gen.end:
             conn.finish_generation(now)
-            gen.phase = _Phase.FINALIZING
-            gen.last_activity = now
+            gen.phase = _Phase.FINALIZING  # the watchdog keeps counting from the last output
         elif gen is self._live:
             self._check_lag(gen, conn, now)
             if gen is self._live:
