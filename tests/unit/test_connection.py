@@ -40,6 +40,8 @@ from livekit_plugins_voxtral_vllm.events import (
 )
 from livekit_plugins_voxtral_vllm.protocol import ErrorCode, ErrorKind, Usage
 
+from .strategies import ANY_FRAME
+
 Int16Array = npt.NDArray[np.int16]
 Frame = dict[str, object]
 
@@ -1154,37 +1156,7 @@ class TestStepAccounting:
 
 # -- receive_text never raises ---------------------------------------------------------------------
 
-ANY_CHAR = st.characters(exclude_categories=())  # lone surrogates included
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(ANY_CHAR, max_size=10),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(st.text(ANY_CHAR, max_size=8), children, max_size=4)
-    ),
-    max_leaves=10,
-)
-SERVER_LIKE = st.fixed_dictionaries(
-    {
-        "type": st.sampled_from(
-            ["session.created", "transcription.delta", "transcription.done", "error"]
-        )
-        | JSON_VALUES
-    },
-    optional={
-        "id": st.text(max_size=8) | JSON_VALUES,
-        "created": st.integers() | JSON_VALUES,
-        "delta": st.text(ANY_CHAR, max_size=8) | JSON_VALUES,
-        "text": st.text(ANY_CHAR, max_size=8) | JSON_VALUES,
-        "usage": st.none() | JSON_VALUES,
-        "error": st.text(max_size=8) | JSON_VALUES,
-        "code": st.sampled_from([c.value for c in ErrorCode]) | JSON_VALUES,
-    },
-)
-FRAMES = st.lists(
-    st.text(ANY_CHAR) | JSON_VALUES.map(json.dumps) | SERVER_LIKE.map(json.dumps),
-    min_size=1,
-    max_size=6,
-)
+FRAMES = st.lists(ANY_FRAME, min_size=1, max_size=6)
 EVENT_TYPES = (
     SessionCreated,
     GenerationStarted,

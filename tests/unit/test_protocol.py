@@ -37,6 +37,8 @@ from livekit_plugins_voxtral_vllm.protocol import (
     parse_server_message,
 )
 
+from .strategies import ANY_FRAME
+
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 
 SESSION_CREATED = '{"type":"session.created","id":"sess-8be46ea79d150628","created":1795316382}'
@@ -59,35 +61,6 @@ ERROR_INVALID_AUDIO = '{"type":"error","error":"Invalid audio data","code":"inva
 
 # No deadline: the property tests share the CPU with the rest of the suite.
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-# Arbitrary JSON, strings including lone surrogates (json.dumps escapes them as "\udxxx").
-ANY_CHAR = st.characters(exclude_categories=())
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(ANY_CHAR, max_size=12),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(st.text(ANY_CHAR, max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
-SERVERISH = st.fixed_dictionaries(
-    {
-        "type": st.sampled_from(
-            ["session.created", "transcription.delta", "transcription.done", "error"]
-        )
-        | JSON_VALUES
-    },
-    optional={
-        "id": st.text(max_size=8) | JSON_VALUES,
-        "created": st.integers() | JSON_VALUES,
-        "delta": st.text(ANY_CHAR, max_size=8) | JSON_VALUES,
-        "text": st.text(ANY_CHAR, max_size=8) | JSON_VALUES,
-        "usage": st.none() | JSON_VALUES,
-        "error": st.text(max_size=8) | JSON_VALUES,
-        "code": st.sampled_from([c.value for c in ErrorCode]) | JSON_VALUES,
-    },
-)
-ANY_FRAME = st.text(ANY_CHAR) | JSON_VALUES.map(json.dumps) | SERVERISH.map(json.dumps)
 
 
 def usage_39_6() -> Usage:
