@@ -737,14 +737,17 @@ class SpeechStream(stt.RecognizeStream):
         self._arm_timer(core)
 
     def _arm_timer(self, core: StreamCore) -> None:
+        # Deadlines mostly move later (every pushed frame moves the stall deadline): a timer
+        # set earlier is kept, fires, finds nothing due and re-arms. One handle per deadline
+        # instead of one per frame.
         deadline = core.get_timer()
+        if deadline is None:
+            return
         if self._timer is not None:
-            if deadline is not None and self._timer.when() == deadline:
+            if self._timer.when() <= deadline:
                 return
             self._timer.cancel()
-            self._timer = None
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
