@@ -105,6 +105,8 @@ class CoreOptions:
     generation_timeout_s: float = 10.0
     max_reconnects: int = 3
     reconnect_interval_s: float = 2.0
+    max_outage_s: float = 180.0
+    abort_on_close: bool = True
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
 
 
@@ -176,15 +178,25 @@ class StreamStats:
     """Counters a user can read or log (``stream.stats``)."""
 
     generations: int = 0
+    """vLLM generations started (utterances, continuations, replays, rollovers)."""
     reconnects: int = 0
+    """Sockets lost, or that could not be opened, and replaced."""
     rollovers: int = 0
+    """Generations rolled over before max_model_len."""
     unsolicited_done: int = 0
+    """Generations the server stopped at max_model_len (vLLM >= 0.32), then continued."""
     lost_generations: int = 0
+    """Generations lost without ``done`` (drop, processing_error, watchdog) and replayed."""
     dropped_audio_s: float = 0.0
+    """Audio never transcribed: a backlog dropped by the catch-up policy, or audio that left
+    the 20 s history during an outage."""
     lag_s: float = 0.0
+    """How far vLLM is behind the audio sent, now."""
     peak_lag_s: float = 0.0
     first_text_latency_s: float | None = None
+    """Wall time from a word's audio being pushed to its first interim (first word only)."""
     final_latency_s: float | None = None
+    """Wall time from the end of the latest final's audio to that final."""
     malformed_messages: int = 0
     server_errors: int = 0
     audio_sent_s: float = 0.0
@@ -256,6 +268,7 @@ class StreamCore:
         self._fatal = False
         self._last_audio_at: float | None = None
         self._connect_failures = 0  # in a row; reset by a session.created
+        self._outage_since = 0.0
         self._losses = 0  # generations lost in a row; reset by a requested done
         self._reconnect_at: float | None = None
         self._push_marks: collections.deque[tuple[int, float]] = collections.deque()
@@ -410,6 +423,13 @@ class StreamCore:
                 lane.conn.close()
         self._lanes.clear()
 
+    def set_server_facts(self, *, max_model_len: int | None, abort_on_close: bool) -> None:
+        """What discovery learned after the stream started: the context limit (enables
+        rollover) and whether closing a socket aborts its request (vLLM >= 0.32)."""
+        self._opts = dataclasses.replace(
+            self._opts, max_model_len=max_model_len, abort_on_close=abort_on_close
+        )
+
     def update_options(self, *, language: str | None, segmenter: SegmenterOptions) -> None:
         """New language label (sent in ``session.update`` of new sockets) and segmentation,
         applied from the next utterance."""
@@ -496,15 +516,23 @@ class StreamCore:
         if lane.gen is not None and lane.gen.phase is not _Phase.ENDED:
             gen, lane.gen = lane.gen, None
             self._continue_after_loss(gen, now, reason)
-        if self._connect_failures > self._opts.max_reconnects:
+        if self._connect_failures == 1:
+            self._outage_since = now
+        if (
+            self._connect_failures > self._opts.max_reconnects
+            and now - self._outage_since >= self._opts.max_outage_s
+        ):
             self._fail(
-                f"could not reach the vLLM server after {self._connect_failures} attempts "
-                f"({reason})",
+                f"could not reach the vLLM server for {now - self._outage_since:.0f}s "
+                f"({self._connect_failures} attempts; last: {reason})",
                 configuration=False,
             )
             return
         if self._connect_failures and self._reconnect_at is None:
-            backoff = 0.1 if self._connect_failures == 1 else self._opts.reconnect_interval_s
+            # A vLLM restart takes minutes (weights, compilation): keep trying, less often.
+            n = self._connect_failures
+            interval = self._opts.reconnect_interval_s
+            backoff = 0.1 if n == 1 else min(interval * 2 ** (n - 2), max(interval, 10.0))
             self._reconnect_at = now + backoff
             return
         self._assign(now)
@@ -536,6 +564,13 @@ class StreamCore:
             and self._live not in waiting
         ):
             waiting.append(self._live)
+        for gen in list(waiting):
+            if gen.end is not None and gen.end <= self._history.start:
+                # An outage outlasted the history: this utterance's audio is gone.
+                self.stats.dropped_audio_s += (gen.end - gen.start) / SAMPLE_RATE
+                gen.phase, gen.finished = _Phase.ENDED, True
+                waiting.remove(gen)
+                self._advance(now)
         for gen in waiting:
             lane = next(
                 (
@@ -963,13 +998,15 @@ class StreamCore:
         new = self._new_generation(cut, now, f"{reason}, after {gen.gid}")
         self._live = new
         self._order.appendleft(new)
-        if catch_up:
+        if catch_up and self._opts.abort_on_close:
             gen.phase = _Phase.ENDED
             lane_id, gen.lane = gen.lane, None
             if lane_id is not None and lane_id in self._lanes:
                 self._lanes[lane_id].gen = None
                 self._retire_lane(lane_id)
         else:
+            # (before vLLM 0.32, closing mid-generation can orphan the engine request, §2.4:
+            # finish it instead and let the server work through the backlog unheard)
             gen.end = gen.sent_until
             self._feed(gen, now)  # sends final: vLLM finishes it and frees the slot
         self._assign(now)

@@ -90,6 +90,7 @@ class _STTOptions:
     lag_policy: LagPolicy
     input_stall_s: float
     generation_timeout_s: float
+    max_outage_s: float
     discover_server: bool
 
     def __repr__(self) -> str:  # never show the API key
@@ -128,6 +129,9 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         input_stall_s: an utterance with no incoming audio for this long is ended.
         generation_timeout_s: a generation with no server output for this long is lost and
             replayed on a new connection.
+        max_outage_s: how long a server that cannot be reached (a vLLM restart loads weights
+            and compiles for minutes) is retried before the stream fails; the last 20 s of
+            audio are replayed when it is back, older audio is dropped and counted.
         http_session: an aiohttp session to use (default: the job's, or one owned here).
         ssl_context: for ``wss://`` with a private CA or client certificates.
         target_streaming_delay_ms: accepted for compatibility and ignored: the delay is a
@@ -154,6 +158,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         lag_policy: LagPolicy | str = LagPolicy.CATCH_UP,
         input_stall_s: float = 2.0,
         generation_timeout_s: float = 10.0,
+        max_outage_s: float = 180.0,
         discover_server: bool = True,
         http_session: aiohttp.ClientSession | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -174,10 +179,10 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         if not isinstance(model_name, str) or not model_name.strip():
             raise ValueError(f"model must be a non-empty string, got {model_name!r}")
         _check_int("transcription_delay_ms", transcription_delay_ms, 80, 2400)
-        if transcription_delay_ms % 80:
+        if transcription_delay_ms % 80 or 1200 < transcription_delay_ms < 2400:
             raise ValueError(
-                f"transcription_delay_ms must be a multiple of 80 (the model's step), got "
-                f"{transcription_delay_ms}"
+                "transcription_delay_ms must be what the server's tekken.json says: a multiple "
+                f"of 80 in 80..1200, or 2400; got {transcription_delay_ms}"
             )
         _check_int("preroll_ms", preroll_ms, 0, 2000)
         if max_model_len is not None:
@@ -186,6 +191,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             ("max_lag_s", max_lag_s, 0.5),
             ("input_stall_s", input_stall_s, 0.1),
             ("generation_timeout_s", generation_timeout_s, 1.0),
+            ("max_outage_s", max_outage_s, 0.0),
         ):
             if not isinstance(value, (int, float)) or value < lo:
                 raise ValueError(f"{name} must be a number >= {lo}, got {value!r}")
@@ -223,6 +229,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             lag_policy=policy,
             input_stall_s=float(input_stall_s),
             generation_timeout_s=float(generation_timeout_s),
+            max_outage_s=float(max_outage_s),
             discover_server=discover_server,
         )
         self._vad = vad
@@ -276,8 +283,9 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         max_pause_s: NotGivenOr[float] = NOT_GIVEN,
         max_segment_s: NotGivenOr[float] = NOT_GIVEN,
     ) -> None:
-        """Change the language label and caption segmentation; live streams apply it at their
-        next utterance."""
+        """Change the language label (from the next transcript on; sent in the
+        ``session.update`` of new sockets) and caption segmentation (from the next delta on),
+        for this STT and its live streams."""
         seg = self._opts.segmenter
         seg = SegmenterOptions(
             sentence_pause_s=sentence_pause_s
@@ -525,7 +533,8 @@ class SpeechStream(stt.RecognizeStream):
     def update_options(
         self, *, language: NotGivenOr[str] = NOT_GIVEN, segmenter: SegmenterOptions | None = None
     ) -> None:
-        """Applied at the next utterance."""
+        """The language label applies from the next transcript, segmentation from the next
+        delta."""
         if is_given(language):
             self._opts = dataclasses.replace(self._opts, language=language)
         if segmenter is not None:
@@ -541,18 +550,7 @@ class SpeechStream(stt.RecognizeStream):
         loop = asyncio.get_running_loop()
         opts = self._opts
         info = await self._stt_impl._server_facts(timeout=min(2.0, self._conn_options.timeout))
-        max_model_len = opts.max_model_len
-        if info is not None:
-            _refuse_broken(info, opts)
-            served = info.model(opts.model)
-            if max_model_len is None and served is not None:
-                max_model_len = served.max_model_len
-            if max_model_len is None and info.quirks.engine_dies_at_max_model_len:
-                logger.warning(
-                    "vLLM %s dies at max_model_len and did not report it; assuming 4096",
-                    info.version,
-                )
-                max_model_len = 4096
+        max_model_len, abort_on_close = self._server_limits(info)
         core = self._core
         if core is None:
             core = StreamCore(
@@ -568,12 +566,22 @@ class SpeechStream(stt.RecognizeStream):
                     generation_timeout_s=opts.generation_timeout_s,
                     max_reconnects=self._conn_options.max_retry,
                     reconnect_interval_s=self._conn_options.retry_interval,
+                    max_outage_s=opts.max_outage_s,
+                    abort_on_close=abort_on_close,
                     segmenter=opts.segmenter,
                 )
             )
             core.stats = self.stats
             self._core = core
             core.start(loop.time())
+            if info is None and opts.discover_server:
+                # discovery is slow or the server is down: apply what it learns later
+                self._stt_impl._start_discovery().add_done_callback(self._on_late_discovery)
+            elif max_model_len is None:
+                logger.info(
+                    "max_model_len unknown (set max_model_len=): long utterances rely on vLLM "
+                    ">= 0.32 stopping at the limit, which the stream then continues"
+                )
         else:
             # LiveKit retries _run after our own reconnects ran out: keep the audio history,
             # the captions and the sample clock, and replay what was in flight.
@@ -596,6 +604,34 @@ class SpeechStream(stt.RecognizeStream):
             await utils.aio.cancel_and_wait(input_task)
             lanes, self._lanes = list(self._lanes.values()), {}
             await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
+
+    def _server_limits(self, info: ServerInfo | None) -> tuple[int | None, bool]:
+        """max_model_len for rollover, and whether closing a socket aborts its request."""
+        max_model_len = self._opts.max_model_len
+        if info is None:
+            return max_model_len, True
+        _refuse_broken(info, self._opts)
+        served = info.model(self._opts.model)
+        if max_model_len is None and served is not None:
+            max_model_len = served.max_model_len
+        old = info.quirks.engine_dies_at_max_model_len  # < 0.32 (also: no abort on close)
+        if max_model_len is None and old:
+            logger.warning(
+                "vLLM %s dies at max_model_len and did not report it; assuming 4096",
+                info.version,
+            )
+            max_model_len = 4096
+        return max_model_len, not old
+
+    def _on_late_discovery(self, task: asyncio.Task[ServerInfo]) -> None:
+        if task.cancelled() or task.exception() is not None or self._core is None:
+            return
+        try:
+            max_model_len, abort_on_close = self._server_limits(task.result())
+        except APIStatusError as e:
+            self._finish(e)
+            return
+        self._core.set_server_facts(max_model_len=max_model_len, abort_on_close=abort_on_close)
 
     def _on_input_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():

@@ -254,7 +254,7 @@ async def test_wrong_api_key_is_a_clear_non_retryable_error() -> None:
 async def test_refused_connection_is_retryable_then_surfaces() -> None:
     async with VLLMRealtimeEmulator(fast=True) as emu:
         url = emu.url
-    engine = STT(base_url=url, discover_server=False)
+    engine = STT(base_url=url, discover_server=False, max_outage_s=0)
     errors: list[stt.STTError] = []
     engine.on("error", errors.append)
     err = await _first_error(engine)

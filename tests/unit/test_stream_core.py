@@ -318,7 +318,7 @@ def test_wrong_model_fails_as_configuration() -> None:
 
 
 def test_refused_connections_fail_after_the_budget_then_resume() -> None:
-    h = harness(max_reconnects=2, reconnect_interval_s=0.5)
+    h = harness(max_reconnects=2, reconnect_interval_s=0.5, max_outage_s=1.0)
     h.refuse_connects = True  # the server goes away while the stream is idle
     for lane in list(h.engines):
         h.core.lane_lost(lane, h.now, "dropped")
@@ -338,6 +338,28 @@ def test_refused_connections_fail_after_the_budget_then_resume() -> None:
     assert words(h.text) == words(speech.text)
 
 
+def test_a_long_outage_is_bridged_and_only_old_audio_is_lost() -> None:
+    """A vLLM restart takes minutes: keep retrying, replay what the history still holds."""
+    h = harness(max_reconnects=3, reconnect_interval_s=2.0, max_outage_s=180.0)
+    h.refuse_connects = True
+    for lane in list(h.engines):
+        h.engines.pop(lane).disconnect(h.now)
+        h.core.lane_lost(lane, h.now, "server restarting")
+    h.pump()
+    early = synthesize("hello world. <pause:900>" + " <pause:1000>" * 40)  # ~44 s
+    h.push(early.samples)
+    late = synthesize("thank you everyone.")
+    h.push(late.samples)
+    assert h.failed is None
+    h.refuse_connects = False
+    h.advance(12.0)  # the next attempt (backoff capped at 10 s) finds the server back
+    h.end()
+    assert h.failed is None
+    assert words(h.text) == words(late.text)  # the early utterance left the 20 s history
+    assert h.core.stats.dropped_audio_s > 0.5
+    assert h.core.stats.reconnects >= 5
+
+
 def test_catch_up_drops_a_persistent_backlog_and_stays_live() -> None:
     h = harness(max_lag_s=1.0, lag_grace_s=1.0, lag_policy=LagPolicy.CATCH_UP)
     h.step_budget = 0  # the server falls behind entirely
@@ -352,6 +374,26 @@ def test_catch_up_drops_a_persistent_backlog_and_stays_live() -> None:
     h.end()
     assert h.core.stats.dropped_audio_s > 0.5
     assert words(h.text)[-3:] == words(speech.text)[-3:]  # live again at the end
+
+
+def test_catch_up_on_old_vllm_finishes_instead_of_closing() -> None:
+    """< 0.32: closing mid-generation can orphan the engine request (§2.4)."""
+    h = harness(max_lag_s=1.0, lag_grace_s=1.0, abort_on_close=False)
+    h.step_budget = 0
+    speech = synthesize(
+        "hello world the meeting starts now we can hear the quick brown fox <pause:400> "
+        "jumps over the lazy dog good morning everyone let us begin",
+    )
+    h.push(speech.samples[: speech.samples.size // 2])
+    lagging = next(lane for lane, e in h.engines.items() if e.generation and e.generation.running)
+    h.step_budget = None
+    h.push(speech.samples[speech.samples.size // 2 :])
+    h.advance(1.0)
+    h.end()
+    assert h.core.stats.dropped_audio_s > 0.5
+    gens = [g for e in h.all_engines for g in e.generations]
+    assert all(g.finished_reason != "disconnect" for g in gens)
+    assert lagging in h.engines or h.core.finished
 
 
 def test_wait_policy_keeps_everything() -> None:
