@@ -72,6 +72,7 @@ DEFAULT_BASE_URL = "ws://127.0.0.1:8000/v1/realtime"
 _ENV_URL = "VOXTRAL_VLLM_BASE_URL"
 _ENV_MODEL = "VOXTRAL_VLLM_MODEL"
 _ENV_KEY = "VOXTRAL_VLLM_API_KEY"
+_WARM_SOCKET_S = 15.0  # how long a prewarmed socket waits for its stream
 _MAX_OUTBOX = 400  # ~32 s of 80 ms appends waiting on one socket: the server stopped reading
 
 
@@ -238,6 +239,8 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         self._own_session: aiohttp.ClientSession | None = None
         self._server_info: ServerInfo | None = None
         self._discovery: asyncio.Task[ServerInfo] | None = None
+        self._warm: asyncio.Task[aiohttp.ClientWebSocketResponse | None] | None = None
+        self._warm_closing: asyncio.Future[bool] | None = None
         self._streams: weakref.WeakSet[SpeechStream] = weakref.WeakSet()
 
     def __repr__(self) -> str:
@@ -300,16 +303,52 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             stream.update_options(language=language, segmenter=seg)
 
     def prewarm(self) -> None:
-        """Ask the server about itself now (version, max_model_len), ahead of the first stream."""
+        """Ask the server about itself and open a socket now, ahead of the first stream (which
+        adopts the socket if it comes within ``_WARM_SOCKET_S``)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return
         self._start_discovery()
+        if self._warm is None or self._warm.done():
+            self._warm = asyncio.create_task(self._open_warm(), name="voxtral_vllm.prewarm")
+
+    async def _open_warm(self) -> aiohttp.ClientWebSocketResponse | None:
+        try:
+            ws = await self._connect_ws(self._opts, DEFAULT_API_CONNECT_OPTIONS.timeout)
+        except Exception as e:  # the stream will connect (and report) on its own
+            logger.debug("prewarm: %s", e)
+            return None
+        # Nobody reads it, so nobody answers the server's pings: do not keep it long.
+        asyncio.get_running_loop().call_later(_WARM_SOCKET_S, self._expire_warm, ws)
+        return ws
+
+    def _expire_warm(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if self._warm is not None and self._warm.done() and self._warm.result() is ws:
+            self._warm = None
+        if not ws.closed:
+            self._warm_closing = asyncio.ensure_future(ws.close())
+
+    def _take_warm_socket(self) -> aiohttp.ClientWebSocketResponse | None:
+        """The prewarmed socket, if one is open and unclaimed."""
+        warm, self._warm = self._warm, None
+        if warm is None or not warm.done() or warm.cancelled() or warm.exception() is not None:
+            if warm is not None and not warm.done():
+                warm.cancel()
+            return None
+        ws = warm.result()
+        return ws if ws is not None and not ws.closed else None
 
     async def aclose(self) -> None:
         if self._discovery is not None and not self._discovery.done():
             await utils.aio.cancel_and_wait(self._discovery)
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            await utils.aio.cancel_and_wait(warm)
+            if not warm.cancelled() and warm.exception() is None:
+                ws = warm.result()
+                if ws is not None:
+                    await ws.close()
         if self._own_session is not None:
             await self._own_session.close()
             self._own_session = None
@@ -846,7 +885,9 @@ class SpeechStream(stt.RecognizeStream):
         timeout = self._conn_options.timeout
         started = loop.time()
         try:
-            ws = await self._stt_impl._connect_ws(self._opts, timeout)
+            ws = self._stt_impl._take_warm_socket() or await self._stt_impl._connect_ws(
+                self._opts, timeout
+            )
         except APIStatusError as e:
             if not e.retryable:
                 self._finish(e)

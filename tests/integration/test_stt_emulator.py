@@ -287,3 +287,25 @@ async def test_recognize_wrong_model_lists_the_served_models(
     assert not info.value.retryable
     assert "not-this-one" in str(info.value)
     assert "The server serves: mistralai/Voxtral-Mini-4B-Realtime-2602" in str(info.value)
+
+
+async def test_prewarm_opens_the_socket_the_first_stream_uses(
+    emulator: VLLMRealtimeEmulator,
+) -> None:
+    engine = STT(base_url=emulator.url)
+    engine.prewarm()
+    await emulator.wait_for_connection(0)
+    speech = synthesize("hello world.", sample_rate=48000)
+    run = await transcribe(engine, frames_of(speech, 10))
+    await engine.aclose()
+    assert normalize(run.text) == normalize(speech.text)
+    assert emulator.connections[0].generations  # the prewarmed socket carried the speech
+    assert emulator.stats().connections_total == 1
+
+
+async def test_an_unused_prewarmed_socket_is_closed(emulator: VLLMRealtimeEmulator) -> None:
+    engine = STT(base_url=emulator.url)
+    engine.prewarm()
+    conn = await emulator.wait_for_connection(0)
+    await engine.aclose()
+    await conn.wait_closed(5)
