@@ -37,7 +37,8 @@ def normalize_realtime_url(url: str) -> str:
     (a reverse-proxy prefix, ``/v1`` or the full ``/v1/realtime``) is kept and completed.
 
     Raises:
-        ValueError: an unexpected scheme, credentials in the URL, or no host.
+        ValueError: an unexpected scheme, credentials, a query or fragment, no host or a bad
+            port.
     """
     raw = url.strip()
     if not raw:
@@ -51,18 +52,24 @@ def normalize_realtime_url(url: str) -> str:
             f"base_url has an unexpected scheme {parts.scheme!r}; use ws://, wss://, http:// "
             "or https:// (e.g. ws://gpu-host:8000/v1/realtime)"
         )
-    if parts.username or parts.password:
+    if "@" in parts.netloc:
         raise ValueError(
             "base_url must not contain credentials (user:password@); pass the vLLM API key "
             "as api_key= or VOXTRAL_VLLM_API_KEY, it is sent as an Authorization header"
         )
-    if not parts.hostname:
-        raise ValueError(f"base_url has no host: {url!r}")
     if parts.query or parts.fragment:
         raise ValueError(
             "base_url must not carry a query or fragment; vLLM takes no query parameters "
             "(the API key goes in api_key=)"
         )
+    if not parts.hostname:
+        raise ValueError(f"base_url has no host: {url.strip()!r}")
+    try:
+        _ = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError:
+        raise ValueError(
+            f"base_url has an invalid port in {parts.netloc!r}; expected a number in 0-65535"
+        ) from None
     path = parts.path.rstrip("/")
     if path.endswith(REALTIME_PATH):
         pass

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .connection import RealtimeConnection
+from .connection import RealtimeConnection, first_step_samples
 from .errors import InvalidState
 from .events import (
     ConnectionState,
@@ -436,6 +436,26 @@ class StreamCore:
         self._opts = dataclasses.replace(self._opts, language=language, segmenter=segmenter)
         self._segmenter.options = segmenter
 
+    def stall_due(self, now: float) -> bool:
+        """Whether an open utterance has had no audio for ``input_stall_s``."""
+        return (
+            self._live is not None
+            and self._last_audio_at is not None
+            and now - self._last_audio_at >= self._opts.input_stall_s
+        )
+
+    def input_stalled(self, now: float) -> None:
+        """A muted track or a stalled producer: end the open utterance (the glue first pushes
+        what its resampler still holds). A generation is never left open without audio:
+        vLLM 0.17-0.24 kill it silently after 60 s (§2.4)."""
+        if self._live is None:
+            return
+        logger.debug("no audio for %.1fs, ending the utterance", now - (self._last_audio_at or now))
+        self._end_live(now)
+        # The endpointer still sees this utterance as open, so it will not announce the
+        # speech that follows when the audio comes back: open a generation for it then.
+        self._resume_on_audio = True
+
     def handle_timer(self, now: float) -> None:
         if self._failed:
             return
@@ -443,18 +463,8 @@ class StreamCore:
             self._reconnect_at = None
             self._assign(now)
             self._ensure_lanes(1)
-        if (
-            self._live is not None
-            and self._last_audio_at is not None
-            and now - self._last_audio_at >= self._opts.input_stall_s
-        ):
-            # A muted track or a stalled producer: never leave a generation open without audio
-            # (vLLM 0.17-0.24 kill it silently after 60 s, §2.4); end the utterance instead.
-            logger.debug("no audio for %.1fs, ending the utterance", now - self._last_audio_at)
-            self._end_live(now)
-            # The endpointer still sees this utterance as open, so it will not announce the
-            # speech that follows when the audio comes back: open a generation for it then.
-            self._resume_on_audio = True
+        if self.stall_due(now):
+            self.input_stalled(now)
         for lane in list(self._lanes.values()):
             gen, conn = lane.gen, lane.conn
             if gen is None or conn is None or gen.phase not in (_Phase.RUNNING, _Phase.FINALIZING):
@@ -664,6 +674,11 @@ class StreamCore:
             self.stats.dropped_audio_s += (self._history.start - gen.start) / SAMPLE_RATE
             gen.start = gen.sent_until = self._history.start
         until = self._history.end if gen.end is None else min(gen.end, self._history.end)
+        if (room := self._room_samples(gen)) is not None:
+            # A burst (a replay, a producer catching up, an utterance that ended before its
+            # socket was up) must not carry a generation past max_model_len: send what fits;
+            # once the server has caught up, the rollover hands the rest to a new generation.
+            until = min(until, gen.start + room)
         if until > gen.sent_until:
             audio = self._history.slice(gen.sent_until, until)
             conn.send_audio(audio)
@@ -672,10 +687,11 @@ class StreamCore:
         if gen.end is not None and gen.sent_until >= gen.end:
             conn.finish_generation(now)
             gen.phase = _Phase.FINALIZING  # the watchdog keeps counting from the last output
-        elif gen is self._live:
+            return
+        if gen is self._live:
             self._check_lag(gen, conn, now)
-            if gen is self._live:
-                self._check_capacity(gen, conn, now)
+        if gen.phase is _Phase.RUNNING and not gen.muted:
+            self._check_capacity(gen, conn, now)
 
     def _end_live(self, now: float) -> None:
         gen = self._live
@@ -876,6 +892,10 @@ class StreamCore:
                     self._apply(head, ev, now)
                 continue
             break
+        if self._order and (head := self._order[0]).phase is _Phase.RUNNING and head.lane:
+            conn = self._lanes[head.lane].conn if head.lane in self._lanes else None
+            if conn is not None and not head.muted:
+                self._check_capacity(head, conn, now)  # it may be waiting to be split
         self._maybe_speech_ended()
 
     def _maybe_speech_ended(self) -> None:
@@ -920,19 +940,32 @@ class StreamCore:
         run once finished: the audio already sent (some still queued at the server) plus the
         right padding vLLM appends at ``final``."""
         cap = self._capacity_steps()
-        if cap is None or self._live is not gen or not self._order or self._order[0] is not gen:
+        if cap is None or not self._order or self._order[0] is not gen:
             return
         if gen.phase is not _Phase.RUNNING:
             return
+        if conn.lag_steps > 2:
+            # The cut must fall in audio the server has transcribed; until it catches up,
+            # _feed holds back whatever would not fit.
+            return
         committed = conn.expected_steps + self._pad_steps
         if committed >= cap * self._opts.rollover_fraction and self._segmenter.open_segment is None:
-            self._cut_live(gen, now, reason="rollover at a pause")
+            self._roll_over(gen, now, reason="rollover at a pause")
         elif committed >= cap - max(12, cap // 20) and conn.steps - gen.last_text_step > 2:
             # No caption pause came: cut in the first short gap after a token, never between a
             # word and the punctuation that follows it a step later.
-            self._cut_live(gen, now, reason="rollover (no pause came)")
+            self._roll_over(gen, now, reason="rollover (no pause came)")
         elif committed >= cap - 3:
-            self._cut_live(gen, now, reason="rollover at the limit")
+            self._roll_over(gen, now, reason="rollover at the limit")
+
+    def _room_samples(self, gen: _Generation) -> int | None:
+        """How much audio ``gen`` may be sent in all and still finish, right padding
+        included, three steps short of max_model_len; None when the limit is unknown."""
+        cap = self._capacity_steps()
+        if cap is None:
+            return None
+        steps = max(1, cap - 3 - self._pad_steps)
+        return first_step_samples(self._opts.transcription_delay_ms) + (steps - 1) * STEP_SAMPLES
 
     def _capacity_steps(self) -> int | None:
         if self._opts.max_model_len is None:
@@ -964,10 +997,11 @@ class StreamCore:
             gen.lag_since, gen.lag_at_start = now, lag_s
             return
         if self._opts.lag_policy is LagPolicy.CATCH_UP and self._order and self._order[0] is gen:
-            self._cut_live(gen, now, reason="catching up", catch_up=True)
+            self._roll_over(gen, now, reason="catching up", catch_up=True)
 
-    def _cut_live(self, gen: _Generation, now: float, reason: str, catch_up: bool = False) -> None:
-        """Close ``gen``'s captions at a cut and continue the live audio in a new generation.
+    def _roll_over(self, gen: _Generation, now: float, reason: str, catch_up: bool = False) -> None:
+        """Close ``gen``'s captions at a cut and continue its audio in a new generation (the
+        live audio, or the rest of an utterance that already ended).
 
         Rollover: the cut is a quiet point after the last captioned word, ``gen`` is finished
         normally (final → done) and its output after the cut is ignored. Catch-up: the cut is
@@ -996,7 +1030,10 @@ class StreamCore:
         gen.muted = True
         self._remove(gen)
         new = self._new_generation(cut, now, f"{reason}, after {gen.gid}")
-        self._live = new
+        if self._live is gen:
+            self._live = new
+        else:
+            new.end = gen.end  # an utterance that had ended: the rest of it
         self._order.appendleft(new)
         if catch_up and self._opts.abort_on_close:
             gen.phase = _Phase.ENDED

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import os
 import ssl
 import time
@@ -194,7 +195,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             ("generation_timeout_s", generation_timeout_s, 1.0),
             ("max_outage_s", max_outage_s, 0.0),
         ):
-            if not isinstance(value, (int, float)) or value < lo:
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < lo:
                 raise ValueError(f"{name} must be a number >= {lo}, got {value!r}")
         try:
             policy = LagPolicy(lag_policy)
@@ -444,6 +445,14 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             return await asyncio.wait_for(connect(), timeout)
         except aiohttp.WSServerHandshakeError as e:
             raise _handshake_error(e.status, opts) from None
+        except aiohttp.ClientConnectorCertificateError as e:
+            # fails the same way on every attempt: a configuration error, not an outage
+            raise APIStatusError(
+                f"the TLS certificate of {opts.base_url} could not be verified "
+                f"({e.certificate_error}): pass ssl_context= with the CA that signed it",
+                status_code=-1,
+                retryable=False,
+            ) from None
         except asyncio.TimeoutError as e:
             raise APITimeoutError(
                 f"timed out connecting to vLLM at {opts.base_url} after {timeout:.1f}s"
@@ -693,7 +702,9 @@ class SpeechStream(stt.RecognizeStream):
         endpointer = self._endpointer
         vad_stream = self._stt_impl._vad.stream() if self._stt_impl._vad is not None else None
         vad_task = (
-            asyncio.create_task(self._vad_loop(core, vad_stream), name="voxtral_vllm.vad")
+            asyncio.create_task(
+                self._vad_loop(core, vad_stream, core.samples_received), name="voxtral_vllm.vad"
+            )
             if vad_stream is not None
             else None
         )
@@ -752,16 +763,21 @@ class SpeechStream(stt.RecognizeStream):
             elif isinstance(ev, EpSpeechResumed):
                 core.speech_resumed(ev.start_sample, now)
 
-    async def _vad_loop(self, core: StreamCore, vad_stream: lk_vad.VADStream) -> None:
+    async def _vad_loop(self, core: StreamCore, vad_stream: lk_vad.VADStream, base: int) -> None:
+        # A VAD reports where speech starts and ends by sample index, relative to its own
+        # input, and may lag the audio: place its events by that index, never by how much audio
+        # the core holds when the event is handled. LiveKit's VADs (Silero, the inference VAD)
+        # count at 16 kHz, the core's rate.
         loop = asyncio.get_running_loop()
+        # ``base``: where this VAD stream's input begins on the core's clock, taken when the
+        # stream was created (this task may first run after a burst of frames was pushed)
         async for ev in vad_stream:
             now = loop.time()
+            at = base + ev.samples_index
             if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
-                start = core.samples_received - int(ev.speech_duration * SAMPLE_RATE)
-                core.speech_started(max(0, start), now)
+                core.speech_started(max(0, at - int(ev.speech_duration * SAMPLE_RATE)), now)
             elif ev.type == lk_vad.VADEventType.END_OF_SPEECH:
-                end = core.samples_received - int(ev.silence_duration * SAMPLE_RATE)
-                core.speech_ended(max(0, end), now)
+                core.speech_ended(max(0, at - int(ev.silence_duration * SAMPLE_RATE)), now)
             else:
                 continue
             self._pump()
@@ -827,9 +843,20 @@ class SpeechStream(stt.RecognizeStream):
     def _on_timer(self) -> None:
         self._timer = None
         core = self._core
-        if core is not None:
-            core.handle_timer(asyncio.get_running_loop().time())
-            self._pump()
+        if core is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if core.stall_due(now):
+            # The resampler and the 80 ms chunker still hold the last few tens of ms: the
+            # utterance's final must not cut them off (they hold the end of its last word).
+            for chunk in self._pipeline.flush():
+                if self._endpointer is None:
+                    core.push_audio(chunk, now)
+                else:
+                    self._push_endpointed(core, self._endpointer, chunk, now)
+            core.input_stalled(now)
+        core.handle_timer(now)
+        self._pump()
 
     def _emit_text(self, kind: stt.SpeechEventType, segment: int, text: str) -> None:
         self._event_ch.send_nowait(
@@ -931,11 +958,19 @@ class SpeechStream(stt.RecognizeStream):
                 else:  # binary: vLLM never sends it
                     logger.warning("lane %d: ignoring a %s frame from vLLM", lane.lane, msg.type)
         except asyncio.TimeoutError:
-            reason = (
-                f"no session.created within {timeout:.1f}s of connecting to {self._opts.base_url}: "
-                "is this vLLM's /v1/realtime endpoint?"
+            # vLLM sends session.created as soon as it accepts (and a restarting vLLM accepts
+            # nothing): a socket that stays silent is not vLLM's realtime endpoint. Retrying
+            # would only hide that.
+            lane.closed = True
+            self._finish(
+                APIStatusError(
+                    f"no session.created within {timeout:.1f}s of connecting to "
+                    f"{self._opts.base_url}: this is not vLLM's /v1/realtime endpoint (check "
+                    "base_url and any proxy in between)",
+                    status_code=-1,
+                    retryable=False,
+                )
             )
-            logger.warning("lane %d: %s", lane.lane, reason)
         finally:
             await utils.aio.cancel_and_wait(writer)
             if not ws.closed:
@@ -1030,7 +1065,9 @@ def _handshake_error(status: int, opts: _STTOptions) -> APIStatusError:
         )
     elif status == 403:
         msg = (
-            f"vLLM at {opts.base_url} refused access (HTTP 403): check the API key and proxy rules"
+            f"HTTP 403 on the WebSocket upgrade to {opts.base_url}: vLLM answers 403 for a "
+            "path it does not serve (a wrong base_url path or proxy prefix) and 401 for a bad "
+            "key; check the URL, then any proxy's rules"
         )
     elif status == 404:
         msg = (

@@ -26,13 +26,14 @@ Faults for resilience tests: ``conn.drop()``, ``emu.drop_all()``, ``emu.stop()``
 from __future__ import annotations
 
 from .engine import Generation, RealtimeEngine, ReceivedMessage, StepMath, VersionProfile
-from .server import EmulatedConnection, EmulatorStats, VLLMRealtimeEmulator
+from .server import EmulatedConnection, EmulatorStats, SendLog, VLLMRealtimeEmulator
 from .speech import VOCABULARY, SynthesizedSpeech, synthesize
 
 __all__ = [
     "VLLMRealtimeEmulator",
     "EmulatedConnection",
     "EmulatorStats",
+    "SendLog",
     "Generation",
     "ReceivedMessage",
     "RealtimeEngine",

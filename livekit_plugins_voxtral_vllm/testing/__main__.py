@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--fast", action="store_true", help="no compute time per step")
     serve.add_argument("--step-time-s", type=float, default=None, help="per-step compute time")
     serve.add_argument("--vllm-version", default="0.33.0", help="behaviour profile")
+    serve.add_argument(
+        "--send-log",
+        metavar="FILE",
+        help="append send timestamps (JSON lines, time.monotonic()) for latency benchmarks",
+    )
     serve.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -52,6 +57,7 @@ async def _serve(args: argparse.Namespace) -> None:
         vllm_version=args.vllm_version,
         record_audio=False,
         record_messages=False,
+        send_log=args.send_log,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

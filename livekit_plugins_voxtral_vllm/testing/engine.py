@@ -327,6 +327,9 @@ class RealtimeEngine:
         self.engine_iteration_timeout_s = engine_iteration_timeout_s
 
         self.model_validated = False
+        self.session_update: dict[str, Any] | None = None
+        """The last ``session.update`` that validated the session, as received (its extra
+        fields, e.g. ``language``, included)."""
         self.received: list[ReceivedMessage] = []
         self.generations: list[Generation] = []
         self.audio_samples = 0
@@ -424,6 +427,7 @@ class RealtimeEngine:
                 # <= 0.18 indexed event["model"] and discarded the check's result.
                 event["model"]
                 self.model_validated = True
+                self.session_update = event
                 return
             model = event.get("model")
             if model is None:
@@ -433,6 +437,7 @@ class RealtimeEngine:
                 self._send_error(f"The model `{model}` does not exist.", "model_not_found")
                 return
             self.model_validated = True
+            self.session_update = event
         elif event_type == "input_audio_buffer.append":
             append = InputAudioBufferAppend(**event)
             try:

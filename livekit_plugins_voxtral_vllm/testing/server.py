@@ -23,13 +23,15 @@ import heapq
 import hmac
 import json
 import logging
+import os
 import secrets
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from aiohttp import WSMsgType, web
@@ -45,7 +47,13 @@ from .engine import (
     _default_decoder_factory,
 )
 
-__all__ = ["DEFAULT_MODEL", "EmulatedConnection", "EmulatorStats", "VLLMRealtimeEmulator"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "EmulatedConnection",
+    "EmulatorStats",
+    "SendLog",
+    "VLLMRealtimeEmulator",
+]
 
 logger = logging.getLogger("livekit.plugins.voxtral_vllm.testing")
 
@@ -69,6 +77,78 @@ def _json_response(payload: Any, status: int = 200) -> web.Response:
 
 def _random_hex16() -> str:
     return f"{secrets.randbits(64):016x}"
+
+
+_EMPTY_DELTA = '{"type":"transcription.delta","delta":""}'
+_DELTA_PREFIX = '{"type":"transcription.delta"'
+_DONE_PREFIX = '{"type":"transcription.done"'
+_ERROR_PREFIX = '{"type":"error"'
+
+
+class SendLog:
+    """Timestamps of what the emulator read and wrote, as JSON lines, for latency benchmarks.
+
+    ``t`` is ``time.monotonic()`` (CLOCK_MONOTONIC, system-wide on Linux), taken when a frame
+    was read (``session``, ``start``) or right after it was written to the socket (``delta``,
+    ``done``, ``error``), so another process on the same host can compare its own
+    ``time.monotonic()`` with it. One record per line, ``conn`` being the connection id:
+
+    - ``{"ev": "session", "update": {...}}``: the ``session.update`` that validated the session
+      (its short scalar fields, e.g. ``language``: a client can tag its sockets with them);
+    - ``{"ev": "start", "gen": i}``: a commit started generation ``i`` (0-based) of the socket;
+    - ``{"ev": "delta", "text": "..."}``: a ``transcription.delta`` with text (the many empty
+      ones are not logged);
+    - ``{"ev": "done"}``, ``{"ev": "error", "code": ...}``;
+    - ``{"ev": "close", "reason": ...}``.
+
+    Args:
+        target: a path (opened for appending on first use, closed by :meth:`close`) or an
+            open text stream (left open).
+    """
+
+    def __init__(self, target: str | os.PathLike[str] | TextIO) -> None:
+        self._path: str | os.PathLike[str] | None
+        self._file: TextIO | None
+        if isinstance(target, (str, os.PathLike)):
+            self._path, self._file = target, None
+        else:
+            self._path, self._file = None, target
+
+    def write(self, conn: str, ev: str, **fields: Any) -> None:
+        t = time.monotonic()
+        if self._file is None:
+            assert self._path is not None
+            self._file = open(self._path, "a", encoding="utf-8")
+        record = {"t": t, "conn": conn, "ev": ev, **fields}
+        self._file.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+    def sent(self, conn: str, frame: str) -> None:
+        """Log ``frame``, just written on ``conn``, if it is a text delta, done or error."""
+        if frame.startswith(_DELTA_PREFIX):
+            if frame != _EMPTY_DELTA:
+                self.write(conn, "delta", text=json.loads(frame).get("delta"))
+        elif frame.startswith(_DONE_PREFIX):
+            self.write(conn, "done")
+        elif frame.startswith(_ERROR_PREFIX):
+            try:
+                code = json.loads(frame).get("code")
+            except ValueError:
+                code = None
+            self.write(conn, "error", code=code)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Flush, and close the file if this log opened it (a later write reopens it)."""
+        if self._file is None:
+            return
+        if self._path is None:
+            self._file.flush()
+        else:
+            self._file.close()
+            self._file = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +185,8 @@ class EmulatedConnection:
     ) -> None:
         self.engine = engine
         self.request_headers: dict[str, str] = dict(request.headers)
+        self.request_path: str = request.path_qs
+        """The upgrade request's path and query string, as the client sent it."""
         self.sent: list[str] = []
         self.opened_at = now
         self.closed_at: float | None = None
@@ -122,6 +204,7 @@ class EmulatedConnection:
         self._last_step_end = 0.0
         self._closed = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
+        self._session_logged = False
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -224,8 +307,17 @@ class EmulatedConnection:
         # generation about one step later.
         return self._sending
 
+    def _log_received(self, log: SendLog, generations_before: int) -> None:
+        engine = self.engine
+        if not self._session_logged and engine.session_update is not None:
+            self._session_logged = True
+            log.write(self.id, "session", update=_scalar_fields(engine.session_update))
+        for index in range(generations_before, len(engine.generations)):
+            log.write(self.id, "start", gen=index)
+
     async def _write_loop(self) -> None:
         record = self._emulator.record_messages
+        log = self._emulator.send_log
         try:
             while True:
                 await self._wake.wait()
@@ -237,6 +329,8 @@ class EmulatedConnection:
                         self._sending = False
                         if record:
                             self.sent.append(frame)
+                        if log is not None:
+                            log.sent(self.id, frame)
                     self._emulator._notify()
                 self._flushed.set()
                 if self.engine.drop_requested:
@@ -275,6 +369,15 @@ class EmulatedConnection:
                 self.close_reason = "client_closed"
             self.engine.disconnect(now)
             self._closed.set()
+            log = self._emulator.send_log
+            if log is not None:
+                log.write(self.id, "close", reason=self.close_reason)
+
+
+def _scalar_fields(update: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v for k, v in update.items() if k != "type" and isinstance(v, (str, int, float, bool))
+    }
 
 
 class VLLMRealtimeEmulator:
@@ -311,6 +414,9 @@ class VLLMRealtimeEmulator:
         engine_death_exit_delay_s: after an engine death, how long the API server lingers
             (``/health`` 503) before its watchdog shuts it down (closing sockets 1012).
         model_root: ``root`` in ``/v1/models`` (the model path; default: the first name).
+        send_log: a path or text stream to record send timestamps to (:class:`SendLog`, for
+            latency benchmarks); None for none.
+        ssl_context: serve over TLS (``wss://`` and ``https://``) with this server context.
     """
 
     def __init__(
@@ -332,6 +438,8 @@ class VLLMRealtimeEmulator:
         engine_iteration_timeout_s: float | None = None,
         engine_death_exit_delay_s: float = 5.0,
         model_root: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        send_log: str | os.PathLike[str] | TextIO | None = None,
     ) -> None:
         if fast and step_time_s:
             raise ValueError("fast=True means step_time_s=0")
@@ -361,6 +469,8 @@ class VLLMRealtimeEmulator:
             )
         self.engine_iteration_timeout_s = engine_iteration_timeout_s
         self.engine_death_exit_delay_s = engine_death_exit_delay_s
+        self.ssl_context = ssl_context
+        self.send_log = SendLog(send_log) if send_log is not None else None
 
         self.connections: list[EmulatedConnection] = []
         """Every connection ever accepted, oldest first (closed ones included)."""
@@ -408,7 +518,9 @@ class VLLMRealtimeEmulator:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self._port, reuse_address=True)
+            site = web.TCPSite(
+                runner, self.host, self._port, reuse_address=True, ssl_context=self.ssl_context
+            )
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -455,6 +567,8 @@ class VLLMRealtimeEmulator:
             conn._mark_closed(now)
         self._active.clear()
         self._notify()
+        if self.send_log is not None:
+            self.send_log.flush()
         logger.info("vLLM realtime emulator stopped (%s)", "graceful" if graceful else "crash")
 
     async def restart(self) -> None:
@@ -466,6 +580,8 @@ class VLLMRealtimeEmulator:
     async def close(self) -> None:
         """Shut down like uvicorn (1012 to open sockets) and release every task and socket."""
         await self.stop(graceful=True)
+        if self.send_log is not None:
+            self.send_log.close()
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -475,13 +591,16 @@ class VLLMRealtimeEmulator:
 
     @property
     def url(self) -> str:
-        """``ws://HOST:PORT/v1/realtime``."""
-        return f"ws://{self.host}:{self._port}/v1/realtime"
+        """``ws://HOST:PORT/v1/realtime`` (``wss://`` when serving TLS)."""
+        scheme = "ws" if self.ssl_context is None else "wss"
+        return f"{scheme}://{self.host}:{self._port}/v1/realtime"
 
     @property
     def http_url(self) -> str:
-        """``http://HOST:PORT`` (append ``/health``, ``/v1/models``, ``/version``)."""
-        return f"http://{self.host}:{self._port}"
+        """``http://HOST:PORT`` (``https://`` when serving TLS; append ``/health``,
+        ``/v1/models``, ``/version``)."""
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://{self.host}:{self._port}"
 
     @property
     def is_serving(self) -> bool:
@@ -552,6 +671,12 @@ class VLLMRealtimeEmulator:
         if value < 0:
             raise ValueError("step_time_s must be >= 0")
         self._step_time_s = value
+        # a step already scheduled by the old time is due again by the new one (else lowering
+        # it after raising it to hours would leave that step an hour away)
+        for _, _, conn in self._heap:
+            conn._scheduled = False
+        self._heap.clear()
+        self._work.set()
         for conn in self._active:
             self._after_engine_change(conn)
 
@@ -665,10 +790,14 @@ class VLLMRealtimeEmulator:
         self._notify()
         logger.debug("connection %s opened", conn.id)
         try:
+            log = self.send_log
             while True:
                 msg = await ws.receive()
                 if msg.type is WSMsgType.TEXT:
+                    generations = len(engine.generations)
                     engine.receive_text(msg.data, self._now())
+                    if log is not None:
+                        conn._log_received(log, generations)
                     self._after_engine_change(conn)
                     if engine.has_data_to_send:
                         # vLLM's receive loop awaits its own replies before reading on.

@@ -146,6 +146,17 @@ async def test_slow_steps_fall_behind_real_time() -> None:
         await client.expect_nothing(0.1)
 
 
+async def test_lowering_step_time_reschedules_a_step_already_due_late() -> None:
+    async with VLLMRealtimeEmulator(step_time_s=0.01) as emu:
+        client = await open_client(emu)
+        await client.commit()
+        emu.step_time_s = 3600.0  # the engine stalls: the next step is an hour away
+        await client.append(silence(1.0))
+        await client.expect_nothing(0.2)
+        emu.step_time_s = 0.01  # it recovers: the pending step is due by the new time
+        assert len(await client.deltas(6, timeout=1.0)) == 6
+
+
 async def test_two_hundred_real_time_connections() -> None:
     """The emulator scales to 200 concurrent real-time streams in one process."""
     speech = synthesize("hello world.")
