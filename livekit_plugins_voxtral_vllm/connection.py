@@ -84,7 +84,6 @@ class RealtimeConnection:
         self._generation = 0
         self._steps = 0
         self._samples_sent = 0
-        self._text: list[str] = []
         self._pending = np.zeros(0, dtype=np.int16)
         self._to_send: list[str] = []
         self._events: list[ConnectionEvent] = []
@@ -164,7 +163,6 @@ class RealtimeConnection:
         self._generation += 1
         self._steps = 0
         self._samples_sent = 0
-        self._text = []
         self.generation_state = GenerationState.RUNNING
         self._to_send.append(protocol.COMMIT)
         self._events.append(GenerationStarted(self._generation))
@@ -277,7 +275,6 @@ class RealtimeConnection:
             return
         step = self._steps
         self._steps += 1
-        self._text.append(message.delta)
         self._events.append(DeltaReceived(self._generation, step, message.delta))
 
     def _receive_transcription_done(self, message: protocol.TranscriptionDone, raw: str) -> None:

@@ -202,6 +202,70 @@ class TestMonoResampler:
         assert len(out) == 3200
 
 
+class TestAlignedPushes:
+    """``align_samples``: soxr is called when the chunk being filled can be completed."""
+
+    @staticmethod
+    def run(rate: int, frame_ms: int, r: MonoResampler) -> tuple[int, list[float]]:
+        """soxr calls, and for each 80 ms chunk the ms of input between its end and the push
+        that completed it."""
+        calls = 0
+        inner = rtc.AudioResampler(rate, 16000, num_channels=1)
+        push = inner.push
+
+        def counting(data: bytearray) -> list[rtc.AudioFrame]:
+            nonlocal calls
+            calls += 1
+            return push(data)
+
+        x = tone(1000, 4.0, rate)
+        size = rate * frame_ms // 1000
+        lags: list[float] = []
+        boundary = protocol.STEP_SAMPLES
+        for i in range(0, len(x), size):
+            r.push(x[i : i + size], rate)
+            if i == 0:
+                r._resampler = inner  # count from the first call on
+                inner.push = counting  # type: ignore[method-assign]
+            while r.samples_out >= boundary:
+                lags.append(r.samples_in * 1000 / rate - boundary / 16)
+                boundary += protocol.STEP_SAMPLES
+        return calls, lags
+
+    @pytest.mark.parametrize(("rate", "frame_ms"), [(48000, 10), (24000, 50), (44100, 10)])
+    def test_fewer_calls_and_no_later_chunks(self, rate: int, frame_ms: int) -> None:
+        aligned_calls, aligned = self.run(rate, frame_ms, MonoResampler(align_samples=1280))
+        gathered_calls, gathered = self.run(rate, frame_ms, MonoResampler(min_push_ms=20))
+        assert len(aligned) == len(gathered) >= 48
+        assert aligned_calls < gathered_calls * 0.75
+        assert max(aligned) <= max(gathered) + 1e-6
+        assert np.mean(aligned) <= np.mean(gathered) + 2.5
+
+    def test_same_audio_as_every_frame_pushed(self) -> None:
+        x = tone(1000, 2.0, 48000)
+        gathered, _ = resample_all(x, 48000, 10)  # min_push_ms=20
+        r = MonoResampler(align_samples=1280)
+        y = np.concatenate([r.push(x[i : i + 480], 48000) for i in range(0, len(x), 480)])
+        y = np.concatenate([y, r.flush()])
+        assert len(y) == len(gathered)
+        # soxr's float rounding depends a little on the call sizes
+        assert np.max(np.abs(y.astype(np.int32) - gathered)) <= 4
+
+    def test_realigns_after_flush(self) -> None:
+        r = MonoResampler(align_samples=1280)
+        x = tone(1000, 0.25, 48000)
+        out = [r.push(x[i : i + 480], 48000) for i in range(0, len(x), 480)]
+        out.append(r.flush())
+        assert sum(len(o) for o in out) == 4000
+        after = [len(r.push(x[i : i + 480], 48000)) for i in range(0, 480 * 12, 480)]
+        assert sum(after) >= 1280  # the first chunk after the flush completes as before
+        assert after.index(next(n for n in after if n)) >= 8  # nothing pushed too early
+
+    def test_bad_argument(self) -> None:
+        with pytest.raises(ValueError, match="align_samples"):
+            MonoResampler(align_samples=-1)
+
+
 class TestStepChunker:
     """Exact 1280-sample (80 ms) chunks whatever the push sizes."""
 
