@@ -26,6 +26,8 @@ def frames_of(speech: SynthesizedSpeech, frame_ms: int, channels: int = 1) -> li
 @dataclass
 class Run:
     events: list[stt.SpeechEvent] = field(default_factory=list)
+    stream: stt.RecognizeStream | None = None
+    """The (closed) stream, for tests that inspect its state afterwards."""
 
     def of(self, kind: stt.SpeechEventType) -> list[stt.SpeechEvent]:
         return [e for e in self.events if e.type == kind]
@@ -67,8 +69,8 @@ async def transcribe(
 ) -> Run:
     """Push ``frames`` into a fresh stream (paced like a room when ``realtime``), end the input,
     and gather every event until the stream ends."""
-    run = Run()
     stream = engine.stream()
+    run = Run(stream=stream)
     reader = asyncio.create_task(collect(stream, run))
     try:
         for frame in frames:

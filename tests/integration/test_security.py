@@ -22,7 +22,7 @@ from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APIS
 from livekit_plugins_voxtral_vllm import STT, SpeechStream
 from livekit_plugins_voxtral_vllm.testing import VLLMRealtimeEmulator, synthesize
 
-from .helpers import Run, collect, frames_of, normalize
+from .helpers import Run, collect, frames_of, normalize, transcribe
 
 KEY = "sk-vllm-4c1f0e9b7a2d"
 WRONG_KEY = "sk-wrong-90d7e3aa51"
@@ -215,14 +215,7 @@ async def test_no_key_means_no_authorization_header(traced: Traced) -> None:
     async with VLLMRealtimeEmulator(fast=True) as emu:
         engine = STT(base_url=emu.url, http_session=traced.session)
         speech = synthesize("hello world.", sample_rate=48000)
-        stream = engine.stream()
-        run = Run()
-        reader = asyncio.create_task(collect(stream, run))
-        for f in frames_of(speech, 10):
-            stream.push_frame(f)
-        stream.end_input()
-        await asyncio.wait_for(reader, 10)
-        await stream.aclose()
+        run = await transcribe(engine, frames_of(speech, 10), timeout=10)
         await engine.aclose()
         conns = list(emu.connections)
     assert normalize(run.text) == normalize(speech.text)
@@ -328,14 +321,7 @@ async def test_wss_emulator_accepts_a_plain_https_base_url(cert: Cert) -> None:
         engine = STT(base_url=emu.http_url, ssl_context=cert.client_context())
         assert engine.base_url == emu.url
         speech = synthesize("good morning everyone.", sample_rate=48000)
-        stream = engine.stream()
-        run = Run()
-        reader = asyncio.create_task(collect(stream, run))
-        for f in frames_of(speech, 10):
-            stream.push_frame(f)
-        stream.end_input()
-        await asyncio.wait_for(reader, 10)
-        await stream.aclose()
+        run = await transcribe(engine, frames_of(speech, 10), timeout=10)
         await engine.aclose()
     assert normalize(run.text) == normalize(speech.text)
 

@@ -17,7 +17,7 @@ from livekit_plugins_voxtral_vllm import STT
 from livekit_plugins_voxtral_vllm import stt as stt_module
 from livekit_plugins_voxtral_vllm.testing import VLLMRealtimeEmulator, synthesize
 
-from .helpers import Run, collect, frames_of, normalize
+from .helpers import Run, collect, frames_of, normalize, transcribe
 
 T = stt.SpeechEventType
 # one utterance of two sentences: the 400 ms pause (+ 60 ms gap) is shorter than min_silence_ms
@@ -76,14 +76,7 @@ async def test_update_options_reaches_streams_opened_later() -> None:
         engine = STT(base_url=emu.url, language="en")
         engine.update_options(language="es", sentence_pause_s=1.0)
         speech = synthesize(TWO_SENTENCES, sample_rate=48000)
-        stream = engine.stream()
-        run = Run()
-        reader = asyncio.create_task(collect(stream, run))
-        for f in frames_of(speech, 10):
-            stream.push_frame(f)
-        stream.end_input()
-        await asyncio.wait_for(reader, 10)
-        await stream.aclose()
+        run = await transcribe(engine, frames_of(speech, 10), timeout=10)
         await engine.aclose()
     assert [e.alternatives[0].text for e in run.finals] == ["hello world. thank you."]
     assert set(_labels(run.finals + run.interims)) == {"es"}

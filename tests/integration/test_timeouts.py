@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from livekit.agents import APIConnectOptions, APIError, APIStatusError, stt
 
-from livekit_plugins_voxtral_vllm import STT
+from livekit_plugins_voxtral_vllm import STT, SpeechStream
 from livekit_plugins_voxtral_vllm.testing import VLLMRealtimeEmulator, synthesize
 
-from .helpers import Run, collect, frames_of, normalize
+from .helpers import Run, collect, frames_of, normalize, transcribe
 
 T = stt.SpeechEventType
 KEY = "sk-timeouts-0b9e41"
@@ -484,15 +484,9 @@ async def test_vllm_0_31_without_a_reported_limit_assumes_one(
     ) as emu:
         engine = STT(base_url=emu.url, model="alias-the-server-does-not-list")
         speech = synthesize("hello world.", sample_rate=48000)
-        stream = engine.stream()
-        run = Run()
-        reader = asyncio.create_task(collect(stream, run))
-        for f in frames_of(speech, 10):
-            stream.push_frame(f)
-        stream.end_input()
-        await asyncio.wait_for(reader, 10)
-        core = stream._core
-        await stream.aclose()
+        run = await transcribe(engine, frames_of(speech, 10), timeout=10)
+        assert isinstance(run.stream, SpeechStream)
+        core = run.stream._core
         await engine.aclose()
     assert normalize(run.text) == normalize(speech.text)
     assert core is not None and core._opts.max_model_len == 4096
