@@ -96,24 +96,31 @@ def tone(seconds: float, rate: int, channels: int) -> npt.NDArray[np.int16]:
     return np.repeat(mono, channels)
 
 
-def frames(rate: int, channels: int, seconds: float = 4.0) -> list[rtc.AudioFrame]:
+def frames(
+    rate: int, channels: int, seconds: float = 4.0, frame_ms: int = 10
+) -> list[rtc.AudioFrame]:
     x = tone(seconds, rate, channels)
-    size = rate // 100 * channels
+    size = rate * frame_ms // 1000 * channels
     return [
         rtc.AudioFrame(bytearray(x[i : i + size].tobytes()), rate, channels, size // channels)
         for i in range(0, len(x) - size + 1, size)
     ]
 
 
-def full_path(rate: int, channels: int, *, min_push_ms: int = 20) -> Callable[[], object]:
-    """Eight 10 ms frames in, every completed chunk encoded (one per call on average)."""
-    source = cycle(frames(rate, channels))
+def full_path(
+    rate: int, channels: int, *, min_push_ms: int | None = None, frame_ms: int = 10
+) -> Callable[[], object]:
+    """Frames in, every completed chunk encoded: 80 ms per call, or 400 ms (five chunks) for
+    frame sizes that do not divide 80 ms (RoomIO's 50 ms). ``min_push_ms`` None is the
+    pipeline's default (soxr called per chunk)."""
+    source = cycle(frames(rate, channels, frame_ms=frame_ms))
+    per_call = 80 // frame_ms if 80 % frame_ms == 0 else 400 // frame_ms
     pipeline = AudioPipeline(min_push_ms=min_push_ms)
     encode = protocol.encode_append_pcm
 
     def step() -> object:
         out = None
-        for _ in range(8):
+        for _ in range(per_call):
             for chunk in pipeline.push_frame(next(source)):
                 out = encode(chunk)
         return out
@@ -139,11 +146,14 @@ def run(target_s: float) -> list[Result]:
     )
     add("protocol.encode_append (bytes)", lambda: protocol.encode_append(pcm))
     add("protocol.encode_append_pcm (int16)", lambda: protocol.encode_append_pcm(chunk))
-    add("full path 48k stereo (min_push_ms=20)", full_path(48000, 2))
-    add("full path 48k mono (min_push_ms=20)", full_path(48000, 1))
+    add("full path 48k stereo (default)", full_path(48000, 2))
+    add("full path 48k mono (default)", full_path(48000, 1))
+    add("full path 48k mono (min_push_ms=20)", full_path(48000, 1, min_push_ms=20))
     add("full path 48k mono (min_push_ms=0)", full_path(48000, 1, min_push_ms=0))
     add("full path 48k mono (min_push_ms=40)", full_path(48000, 1, min_push_ms=40))
-    add("full path 24k mono (min_push_ms=20)", full_path(24000, 1))
+    roomio = "full path 24k mono 50 ms, RoomIO"
+    add(f"{roomio} (default)", full_path(24000, 1, frame_ms=50), ops=5)
+    add(f"{roomio} (min_push_ms=20)", full_path(24000, 1, min_push_ms=20, frame_ms=50), ops=5)
     add("full path 16k mono (passthrough)", full_path(16000, 1))
     add("parse_server_message (empty delta)", lambda: protocol.parse_server_message(EMPTY_DELTA))
     add("parse_server_message (word delta)", lambda: protocol.parse_server_message(WORD_DELTA))
@@ -189,7 +199,7 @@ def main() -> None:
         print(f"{r.name:<{width}}  {r.us_best:8.2f}  {r.us_median:8.2f}  {r.ratio:8.2f}")
     by_name = {r.name: r for r in results}
     step_us = (
-        by_name["full path 48k stereo (min_push_ms=20)"].us_best
+        by_name["full path 48k stereo (default)"].us_best
         + by_name["parse_server_message (empty delta)"].us_best
         + by_name["Endpointer.push (80 ms)"].us_best
     )

@@ -172,6 +172,7 @@ class Endpointer:
         self._keep_ratio = _power(opts.threshold_db - opts.hysteresis_db)
         self._keep_min = _power(opts.min_level_dbfs - opts.hysteresis_db) * self._scale
         self._initial_floor = _power(opts.initial_floor_dbfs) * self._scale
+        self._ones = np.ones(self._frame, dtype=np.float32)
         self.reset()
 
     def reset(self) -> None:
@@ -268,11 +269,12 @@ class Endpointer:
 
     # Private methods
 
-    @staticmethod
-    def _energies(frames: npt.NDArray[np.int16]) -> list[float]:
+    def _energies(self, frames: npt.NDArray[np.int16]) -> list[float]:
         x = frames.astype(np.float32)
-        # Batched row dot products: one C call (np.einsum pays ~2 µs of Python dispatch).
-        energies: list[float] = (x[:, None, :] @ x[:, :, None]).ravel().tolist()
+        x *= x
+        # Row sums as one matrix-vector product: 2.4 µs for 80 ms, against 4.0 µs for batched
+        # row dot products and 5.0 µs for np.einsum.
+        energies: list[float] = (x @ self._ones).tolist()
         return energies
 
     def _decide(self, energies: list[float]) -> list[EndpointerEvent]:

@@ -21,6 +21,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -157,26 +158,26 @@ class StepMath:
         if self.max_model_len <= 0:
             raise ValueError(f"max_model_len must be positive, got {self.max_model_len}")
 
-    @property
+    @cached_property  # read several times per engine step
     def delay_tokens(self) -> int:
         return self.transcription_delay_ms // 80
 
-    @property
+    @cached_property
     def prompt_tokens(self) -> int:
         """Length of the prefill prompt (``usage.prompt_tokens``): 39 at 480 ms."""
         return _BOS_TOKENS + _LEFT_PAD_TOKENS + self.delay_tokens
 
-    @property
+    @cached_property
     def first_step_samples(self) -> int:
         """Real samples needed before step 0 can run: delay + 80 ms + 2.5 ms (9000 at 480)."""
         return (self.prompt_tokens - _LEFT_PAD_TOKENS) * STEP_SAMPLES + _LOOK_AHEAD_SAMPLES
 
-    @property
+    @cached_property
     def right_pad_samples(self) -> int:
         """Silence appended when the stream ends (final commit): 17 steps' worth at 480 ms."""
         return (self.delay_tokens + _RIGHT_PAD_EXTRA_TOKENS) * STEP_SAMPLES
 
-    @property
+    @cached_property
     def max_steps(self) -> int:
         """Steps one generation may run before max_model_len (>= 0.32 stops there)."""
         return max(0, self.max_model_len - self.prompt_tokens)
