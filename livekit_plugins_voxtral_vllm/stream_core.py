@@ -667,11 +667,13 @@ class StreamCore:
             return
         conn = lane.conn
         if gen.sent_until < self._history.start:
-            # The history moved past audio it was owed while it waited for a lane (a long
-            # outage). Only a generation that has sent nothing yet can start later: its start
-            # anchors the timestamps of its steps.
-            assert gen.sent_until == gen.start, "a running generation is fed continuously"
-            self.stats.dropped_audio_s += (self._history.start - gen.start) / SAMPLE_RATE
+            # The history moved past audio it was owed (a long outage, or audio arriving
+            # faster than a generation capped at max_model_len can take it). Its start anchors
+            # its step timestamps, so only one that has sent nothing yet can start later.
+            self.stats.dropped_audio_s += (self._history.start - gen.sent_until) / SAMPLE_RATE
+            if gen.sent_until != gen.start:
+                self._split_at_gap(gen, conn, now)
+                return
             gen.start = gen.sent_until = self._history.start
         until = self._history.end if gen.end is None else min(gen.end, self._history.end)
         if (room := self._room_samples(gen)) is not None:
@@ -692,6 +694,23 @@ class StreamCore:
             self._check_lag(gen, conn, now)
         if gen.phase is _Phase.RUNNING and not gen.muted:
             self._check_capacity(gen, conn, now)
+
+    def _split_at_gap(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
+        """``gen`` lost audio it was owed: finish it where its audio stops and carry on from
+        what the history still holds in a new generation, which takes its place."""
+        rest_end = gen.end
+        gen.end = gen.sent_until
+        conn.finish_generation(now)
+        gen.phase = _Phase.FINALIZING
+        new = self._new_generation(self._history.start, now, f"after a gap in {gen.gid}")
+        new.end = rest_end
+        if self._live is gen:
+            self._live = new
+        if gen in self._order:
+            self._order.insert(self._order.index(gen) + 1, new)
+        else:
+            self._order.appendleft(new)
+        self._assign(now)
 
     def _end_live(self, now: float) -> None:
         gen = self._live

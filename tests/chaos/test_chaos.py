@@ -263,3 +263,27 @@ async def test_everything_at_once() -> None:
             faults[point] = rng.choice(kinds)
         run, _ = await run_chaos(emu, speech, faults)
     assert_exact(run, speech)
+
+
+async def test_a_burst_longer_than_the_history_into_a_capped_generation() -> None:
+    """A stalled producer delivers 44 s at once while the generation is capped by a small
+    max_model_len: audio the 20 s history cannot hold is dropped and counted, never a crash."""
+    speech = script(11, 45, max_pause_ms=450)
+    frames = frames_of(speech, FRAME_MS)
+    async with VLLMRealtimeEmulator(fast=True, max_model_len=256, record_audio=False) as emu:
+        engine = STT(base_url=emu.url)
+        stream = engine.stream(conn_options=CONN)
+        run = Run()
+        reader = asyncio.create_task(collect(stream, run))
+        for f in frames[:50]:
+            stream.push_frame(f)
+        await asyncio.sleep(0.5)
+        for f in frames[50:]:
+            stream.push_frame(f)
+        stream.end_input()
+        await asyncio.wait_for(reader, 60)  # raises if the stream failed
+        await stream.aclose()
+        await engine.aclose()
+    assert stream.stats.dropped_audio_s > 1.0
+    got = normalize(run.text).split()
+    assert got and got[-3:] == normalize(speech.text).split()[-3:]  # kept going to the end
