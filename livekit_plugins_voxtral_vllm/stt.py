@@ -238,6 +238,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         self._ssl = ssl_context
         self._session = http_session
         self._own_session: aiohttp.ClientSession | None = None
+        self._own_ws_session: aiohttp.ClientSession | None = None
         self._server_info: ServerInfo | None = None
         self._discovery: asyncio.Task[ServerInfo] | None = None
         self._warm: asyncio.Task[aiohttp.ClientWebSocketResponse | None] | None = None
@@ -350,9 +351,10 @@ class STT(stt.STT[Literal["metrics_collected"]]):
                 ws = warm.result()
                 if ws is not None:
                     await ws.close()
-        if self._own_session is not None:
-            await self._own_session.close()
-            self._own_session = None
+        for own in (self._own_session, self._own_ws_session):
+            if own is not None:
+                await own.close()
+        self._own_session = self._own_ws_session = None
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -366,6 +368,19 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         if self._own_session is None or self._own_session.closed:
             self._own_session = aiohttp.ClientSession()
         return self._own_session
+
+    def _ws_session(self) -> aiohttp.ClientSession:
+        """The session for realtime sockets. LiveKit's job session allows 50 connections per
+        host and a WebSocket holds its connection for life, so a worker captioning more than
+        50 speakers would stall: unless the user passed a session, sockets get one of their
+        own with no connection limit."""
+        if self._session is not None:
+            return self._session
+        if self._own_ws_session is None or self._own_ws_session.closed:
+            self._own_ws_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)
+            )
+        return self._own_ws_session
 
     def _start_discovery(self) -> asyncio.Task[ServerInfo]:
         if self._discovery is None or (
@@ -430,7 +445,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
     ) -> aiohttp.ClientWebSocketResponse:
         """Open one ``/v1/realtime`` socket; raises LiveKit API errors (overridable in tests)."""
         headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
-        session = self._http_session()
+        session = self._ws_session()
 
         async def connect() -> Any:
             return await session.ws_connect(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import stt
+from livekit.agents import APIConnectOptions, stt
 
 from livekit_plugins_voxtral_vllm.testing import SynthesizedSpeech
 
@@ -66,10 +66,11 @@ async def transcribe(
     frame_interval: float | None = None,
     end_input: bool = True,
     timeout: float = 30.0,
+    conn_options: APIConnectOptions | None = None,
 ) -> Run:
     """Push ``frames`` into a fresh stream (paced like a room when ``realtime``), end the input,
     and gather every event until the stream ends."""
-    stream = engine.stream()
+    stream = engine.stream() if conn_options is None else engine.stream(conn_options=conn_options)
     run = Run(stream=stream)
     reader = asyncio.create_task(collect(stream, run))
     try:

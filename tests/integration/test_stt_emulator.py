@@ -309,3 +309,35 @@ async def test_an_unused_prewarmed_socket_is_closed(emulator: VLLMRealtimeEmulat
     conn = await emulator.wait_for_connection(0)
     await engine.aclose()
     await conn.wait_closed(5)
+
+
+async def test_more_than_fifty_streams_in_a_livekit_job(emulator: VLLMRealtimeEmulator) -> None:
+    """LiveKit's job HTTP session allows 50 connections per host; realtime sockets must not
+    be bound by it (each stream holds a socket for its whole life)."""
+    from livekit.agents import utils
+
+    speech = synthesize("hello world.", sample_rate=48000, tail_ms=1000)
+    frames = frames_of(speech, 20)
+    async with utils.http_context.open():
+        engine = STT(base_url=emulator.url)
+        streams = [
+            engine.stream(conn_options=APIConnectOptions(max_retry=0, timeout=3.0))
+            for _ in range(55)
+        ]
+        runs = [Run(stream=s) for s in streams]
+        readers = [asyncio.create_task(collect(s, r)) for s, r in zip(streams, runs, strict=True)]
+        for f in frames:
+            for s in streams:
+                s.push_frame(f)
+        # every stream must get its final while all 55 are still open (input not ended)
+        deadline = asyncio.get_running_loop().time() + 15
+        while not all(r.finals for r in runs):
+            assert asyncio.get_running_loop().time() < deadline, "a stream never connected"
+            await asyncio.sleep(0.05)
+        for s in streams:
+            s.end_input()
+        await asyncio.wait_for(asyncio.gather(*readers), 20)
+        for s in streams:
+            await s.aclose()
+        await engine.aclose()
+    assert all(normalize(r.text) == normalize(speech.text) for r in runs)
