@@ -851,7 +851,7 @@ class StreamCore:
             # The server stopped it while audio still flowed (§2.3): carry on from a quiet
             # point after the last word it transcribed, with the audio it had not consumed.
             transcribed_end = gen.start + ev.steps * STEP_SAMPLES
-            last_word = self._last_word_end(gen, pending_done=ev)
+            last_word = self._last_word_end(gen)
             # A word ending at the very last step has its gap in audio the server never
             # transcribed, which the history still holds.
             limit = transcribed_end if last_word is None else gen.sent_until
@@ -924,7 +924,8 @@ class StreamCore:
 
     # -- internals: cut points, rollover, lag ----------------------------------------------------
 
-    def _last_word_end(self, gen: _Generation, pending_done: GenerationFinished) -> int | None:
+    def _last_word_end(self, gen: _Generation) -> int | None:
+        """Where the latest captioned token of ``gen`` ended (absolute sample), if any."""
         last = self._segmenter.last_word_end_s
         if last is None or last * SAMPLE_RATE < gen.start:
             return None
@@ -1034,11 +1035,7 @@ class StreamCore:
             self.stats.dropped_audio_s += max(0, cut - transcribed_end) / SAMPLE_RATE
             close_at = transcribed_end
         else:
-            last = self._segmenter.last_word_end_s
-            word_end = int(last * SAMPLE_RATE) if last is not None else None
-            if word_end is not None and word_end < gen.start:
-                word_end = None
-            cut = self._cut_after(word_end, gen.start, transcribed_end)
+            cut = self._cut_after(self._last_word_end(gen), gen.start, transcribed_end)
             close_at = cut
             self.stats.rollovers += 1
         logger.info("generation %d: %s at %.2fs", gen.gid, reason, cut / SAMPLE_RATE)
