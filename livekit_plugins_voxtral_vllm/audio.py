@@ -5,11 +5,10 @@ vLLM trusts the bytes it gets (vllm-realtime.md §3.1): no resampling, no channe
 negotiation. A wrong rate or interleaved stereo produces garbage text and never an error, so
 every frame goes through here first.
 
-The order is downmix, then resample. ``rtc.AudioResampler`` takes ``num_channels`` once, at
-construction, and resamples each interleaved channel separately (it never downmixes), so
-resampling first would do the work once per channel and tie the stream to the first frame's
-layout. All resampling is LiveKit's (soxr, quality HIGH); nothing here is DSP beyond averaging
-channels.
+The order is downmix, then resample: a resampler works on each interleaved channel separately
+(it never downmixes), so resampling first would do the work once per channel and tie the stream
+to the first frame's layout. Resampling is soxr's (quality HQ, as LiveKit's own resampler);
+nothing here is DSP beyond averaging channels.
 
 Samples are the clock. soxr compensates its filter delay, so 16 kHz output sample ``n`` is
 input time ``n / 16000`` s. Every stage counts ``samples_in`` and ``samples_out``; a chunk
@@ -20,8 +19,11 @@ Nothing here touches a socket, a clock or asyncio.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
+import soxr
 from livekit import rtc
 
 from .protocol import SAMPLE_RATE, STEP_SAMPLES
@@ -47,7 +49,7 @@ _EMPTY.flags.writeable = False
 _ALIGN_LOOKAHEAD_MS = 20
 """Chunk-aligned pushes (``align_samples``) wait for this much input past the chunk's end:
 soxr's output trails its input by 5 to 38 ms (it emits in ~33 ms bursts), so a push sooner
-would mostly return nothing, and each call costs ~15 µs however little it carries."""
+would mostly return nothing, and each call has a fixed cost however little it carries."""
 
 
 def to_mono_int16(frame: AudioInput, num_channels: int | None = None) -> Int16Array:
@@ -109,30 +111,26 @@ def to_mono_int16(frame: AudioInput, num_channels: int | None = None) -> Int16Ar
 
 
 class MonoResampler:
-    """Mono int16 at one input rate → mono int16 at 16 kHz, through LiveKit's soxr.
+    """Mono int16 at one input rate → mono int16 at 16 kHz, through soxr.
 
-    The ``rtc.AudioResampler`` (quality HIGH) is created on the first push for that push's
-    rate; 16 kHz input passes through untouched and creates none. Every later push must have
-    the same rate.
+    The soxr stream (quality HQ, the library and setting behind LiveKit's
+    ``rtc.AudioResampler`` HIGH) is created on the first push for that push's rate; 16 kHz input
+    passes through untouched and creates none. Every later push must have the same rate.
 
-    Each ``rtc.AudioResampler.push`` is one FFI request whose fixed cost (~15 µs) dwarfs the
-    resampling of 10 ms, and soxr emits output in ~33 ms bursts anyway, so input is gathered
-    before each call, in one of two ways:
+    soxr is called directly, not through LiveKit's FFI: per 50 ms RoomIO frame that is 18 µs
+    instead of 60 µs, and the FFI request was 28 % of a 200-stream worker's CPU. Each call still
+    has a fixed cost (~4 µs) and soxr emits output in bursts, so input is gathered before each
+    call, in one of two ways:
 
-    - ``min_push_ms``: until that much input is pending. For 10 ms frames at 48 kHz, measured
-      from frame to completed 80 ms chunk: 0 (every frame) → 26 ms mean, 40 ms worst; 20 (half
-      the FFI calls) → 31 ms mean, 40 ms worst; 40 → 40 ms mean and worst.
+    - ``min_push_ms``: until that much input is pending.
     - ``align_samples`` (what :class:`AudioPipeline` uses): until the input reaches
       ``_ALIGN_LOOKAHEAD_MS`` past the next multiple of ``align_samples`` of output (the end of
       the chunk being filled), then on every push until soxr has delivered that far. Fewer
-      calls, and chunks no later, than with ``min_push_ms=20`` (input between a chunk's end
-      and its completion, mean / worst): 48 kHz in 10 ms frames, 22 calls per second instead
-      of 50, 28 / 40 ms instead of 31 / 40 ms; 24 kHz in 50 ms frames (RoomIO), 14 instead of
-      20, 48 / 80 ms instead of 64 / 100 ms.
+      calls, and chunks no later, than with ``min_push_ms=20`` (``TestAlignedPushes``).
     """
 
     __slots__ = (
-        "_resampler",
+        "_soxr",
         "_rate",
         "_min_push_ms",
         "_min_push_bytes",
@@ -155,7 +153,7 @@ class MonoResampler:
         self._lookahead = 0
         self._base_in = 0  # samples_in and samples_out when soxr (re)started
         self._base_out = 0
-        self._resampler: rtc.AudioResampler | None = None
+        self._soxr: Any = None  # soxr.ResampleStream (soxr ships no type information)
         self._rate: int | None = None
         self._min_push_bytes = 0
         self._pending = bytearray()
@@ -198,24 +196,31 @@ class MonoResampler:
             self._start(sample_rate)
         n = len(samples)
         self.samples_in += n
-        if self._resampler is None:
+        if self._soxr is None:
             self.samples_out += n
             return samples
         pending = self._pending
-        pending += np.ascontiguousarray(samples).data.cast("B")
         align = self._align
         if align:
             # the end of the output block being filled, as an input position
             target = ((self.samples_out - self._base_out) // align + 1) * align
             need = -(-target * sample_rate // SAMPLE_RATE) + self._lookahead
-            if self.samples_in - self._base_in < need:
-                return _EMPTY
-        elif len(pending) < self._min_push_bytes:
+            ready = self.samples_in - self._base_in >= need
+        else:
+            ready = len(pending) + 2 * n >= self._min_push_bytes
+        if not ready:
+            pending += np.ascontiguousarray(samples).data.cast("B")
             return _EMPTY
-        # soxr copies the input during the call, so the buffer is reusable right after.
-        frames = self._resampler.push(pending)
+        if not pending:
+            return self._collect(self._soxr.resample_chunk(np.ascontiguousarray(samples)))
+        pending += np.ascontiguousarray(samples).data.cast("B")
+        # a view of the buffer: soxr copies what it needs during the call, and the view must be
+        # gone before the buffer can be cleared
+        view = np.frombuffer(pending, dtype=np.int16)
+        out = self._soxr.resample_chunk(view)
+        del view
         pending.clear()
-        return self._collect(frames)
+        return self._collect(out)
 
     def flush(self) -> Int16Array:
         """Drain everything held back. The resampler stays usable (soxr restarts its filter).
@@ -223,37 +228,35 @@ class MonoResampler:
         After a flush ``samples_out`` is within a few samples of
         ``samples_in * 16000 / input_rate``.
         """
-        if self._resampler is None:
+        if self._soxr is None:
             return _EMPTY
-        frames: list[rtc.AudioFrame] = []
-        if self._pending:
-            frames.extend(self._resampler.push(self._pending))
-            self._pending.clear()
-        frames.extend(self._resampler.flush())
-        out = self._collect(frames)
+        view = np.frombuffer(self._pending, dtype=np.int16)
+        out = self._soxr.resample_chunk(view, last=True)
+        del view
+        self._pending.clear()
+        self._soxr.clear()
+        collected = self._collect(out)
         self._base_in, self._base_out = self.samples_in, self.samples_out
-        return out
+        return collected
 
     def _start(self, sample_rate: int) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         self._rate = sample_rate
         if sample_rate != SAMPLE_RATE:
-            self._resampler = rtc.AudioResampler(
-                sample_rate, SAMPLE_RATE, num_channels=1, quality=rtc.AudioResamplerQuality.HIGH
+            self._soxr = soxr.ResampleStream(
+                sample_rate, SAMPLE_RATE, 1, dtype="int16", quality="HQ"
             )
             self._min_push_bytes = 2 * sample_rate * self._min_push_ms // 1000
             self._lookahead = sample_rate * _ALIGN_LOOKAHEAD_MS // 1000
 
-    def _collect(self, frames: list[rtc.AudioFrame]) -> Int16Array:
-        if not frames:
+    def _collect(self, out: Any) -> Int16Array:
+        n = len(out)
+        if not n:
             return _EMPTY
-        if len(frames) == 1:
-            out: Int16Array = np.frombuffer(frames[0].data, dtype=np.int16)
-        else:
-            out = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
-        self.samples_out += len(out)
-        return out
+        self.samples_out += n
+        result: Int16Array = out
+        return result
 
 
 class StepChunker:

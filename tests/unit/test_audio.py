@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -210,13 +211,16 @@ class TestAlignedPushes:
         """soxr calls, and for each 80 ms chunk the ms of input between its end and the push
         that completed it."""
         calls = 0
-        inner = rtc.AudioResampler(rate, 16000, num_channels=1)
-        push = inner.push
 
-        def counting(data: bytearray) -> list[rtc.AudioFrame]:
-            nonlocal calls
-            calls += 1
-            return push(data)
+        class Counting:
+            def __init__(self, inner: Any) -> None:
+                self.inner = inner
+
+            def resample_chunk(self, x: Int16Array, last: bool = False) -> Int16Array:
+                nonlocal calls
+                calls += 1
+                out: Int16Array = self.inner.resample_chunk(x, last)
+                return out
 
         x = tone(1000, 4.0, rate)
         size = rate * frame_ms // 1000
@@ -225,8 +229,7 @@ class TestAlignedPushes:
         for i in range(0, len(x), size):
             r.push(x[i : i + size], rate)
             if i == 0:
-                r._resampler = inner  # count from the first call on
-                inner.push = counting  # type: ignore[method-assign]
+                r._soxr = Counting(r._soxr)  # count from the first call on
             while r.samples_out >= boundary:
                 lags.append(r.samples_in * 1000 / rate - boundary / 16)
                 boundary += protocol.STEP_SAMPLES
