@@ -578,6 +578,8 @@ class SpeechStream(stt.RecognizeStream):
         self._done: asyncio.Future[None] | None = None
         self._pipeline = AudioPipeline()
         self._endpointer = Endpointer(opts.endpointer) if stt._vad is None else None
+        self._vad_input = stt._vad is not None  # frames reach the input task unprocessed
+        self._vad_stream: lk_vad.VADStream | None = None
         self._user_offset = 0.0
 
     @property
@@ -592,6 +594,34 @@ class SpeechStream(stt.RecognizeStream):
         if value < 0:
             raise ValueError("start_time_offset must be non-negative")
         self._user_offset = value
+
+    def push_frame(self, frame: rtc.AudioFrame) -> None:
+        """Push audio of any rate and channel count; the rate must not change.
+
+        Raises:
+            ValueError: if the frame's rate differs from the first frame's, or its layout is
+                inconsistent.
+        """
+        if self._vad_input:
+            super().push_frame(frame)  # the VAD reads the frames themselves
+            return
+        self._check_input_not_ended()
+        self._check_not_closed()
+        # Resampled and cut into 80 ms chunks here, in the caller, so the input task wakes
+        # once per chunk instead of once per frame (8 times less often with 10 ms frames).
+        for chunk in self._pipeline.push_frame(frame):
+            self._input_ch.send_nowait(chunk)  # type: ignore[arg-type]  # see _consume
+
+    def flush(self) -> None:
+        """End the current utterance now: what was pushed so far is finalised."""
+        if self._vad_input:
+            super().flush()
+            return
+        self._check_input_not_ended()
+        self._check_not_closed()
+        for chunk in self._pipeline.flush():
+            self._input_ch.send_nowait(chunk)  # type: ignore[arg-type]
+        self._input_ch.send_nowait(self._FlushSentinel())
 
     def update_options(
         self, *, language: NotGivenOr[str] = NOT_GIVEN, segmenter: SegmenterOptions | None = None
@@ -712,10 +742,10 @@ class SpeechStream(stt.RecognizeStream):
 
     async def _input_loop(self, core: StreamCore) -> None:
         loop = asyncio.get_running_loop()
-        # both keep their state across a retried _run, like the core's sample clock
-        pipeline = self._pipeline
-        endpointer = self._endpointer
+        # the VAD stream is per _run; the pipeline and the endpointer keep their state across a
+        # retried _run, like the core's sample clock
         vad_stream = self._stt_impl._vad.stream() if self._stt_impl._vad is not None else None
+        self._vad_stream = vad_stream
         vad_task = (
             asyncio.create_task(
                 self._vad_loop(core, vad_stream, core.samples_received), name="voxtral_vllm.vad"
@@ -725,35 +755,47 @@ class SpeechStream(stt.RecognizeStream):
         )
         try:
             async for item in self._input_ch:
-                if isinstance(item, rtc.AudioFrame):
-                    chunks = pipeline.push_frame(item)
-                    if vad_stream is not None:
-                        vad_stream.push_frame(item)
-                else:  # flush: end the utterance now
-                    chunks = pipeline.flush()
-                now = loop.time()
-                for chunk in chunks:
-                    if endpointer is None:
-                        core.push_audio(chunk, now)
-                    else:
-                        self._push_endpointed(core, endpointer, chunk, now)
-                if not isinstance(item, rtc.AudioFrame):
-                    if endpointer is not None:
-                        endpointer.flush()
-                    if vad_stream is not None:
-                        vad_stream.flush()
-                    core.flush(now)
-                self._pump()
+                self._consume(core, item)
             now = loop.time()
-            for chunk in pipeline.flush():
+            for chunk in self._pipeline.flush():
                 core.push_audio(chunk, now)
             core.end_input(now)
             self._pump()
         finally:
+            self._vad_stream = None
             if vad_task is not None:
                 await utils.aio.cancel_and_wait(vad_task)
             if vad_stream is not None:
                 await vad_stream.aclose()
+
+    def _consume(self, core: StreamCore, item: object) -> None:
+        """One input item: an 80 ms chunk from ``push_frame``, a raw frame (VAD input), or the
+        flush sentinel."""
+        now = asyncio.get_running_loop().time()
+        endpointer = self._endpointer
+        chunks: list[np.ndarray]
+        if isinstance(item, np.ndarray):
+            chunks = [item]
+        elif isinstance(item, rtc.AudioFrame):
+            chunks = self._pipeline.push_frame(item)
+            if self._vad_stream is not None:
+                self._vad_stream.push_frame(item)
+        elif self._vad_input:  # flush: end the utterance now
+            chunks = self._pipeline.flush()
+        else:  # flush: ``flush`` already drained the pipeline, which may hold later audio now
+            chunks = []
+        for chunk in chunks:
+            if endpointer is None:
+                core.push_audio(chunk, now)
+            else:
+                self._push_endpointed(core, endpointer, chunk, now)
+        if isinstance(item, self._FlushSentinel):
+            if endpointer is not None:
+                endpointer.flush()
+            if self._vad_stream is not None:
+                self._vad_stream.flush()
+            core.flush(now)
+        self._pump()
 
     @staticmethod
     def _push_endpointed(
@@ -860,6 +902,9 @@ class SpeechStream(stt.RecognizeStream):
         core = self._core
         if core is None:
             return
+        # push_frame runs the pipeline ahead of the input task: what it queued comes first
+        while not self._input_ch.empty():
+            self._consume(core, self._input_ch.recv_nowait())
         now = asyncio.get_running_loop().time()
         if core.stall_due(now):
             # The resampler and the 80 ms chunker still hold the last few tens of ms: the

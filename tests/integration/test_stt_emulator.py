@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from livekit import rtc
 from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError, stt
 
-from livekit_plugins_voxtral_vllm import STT
+from livekit_plugins_voxtral_vllm import STT, SpeechStream
 from livekit_plugins_voxtral_vllm.testing import VLLMRealtimeEmulator, synthesize
 
 from .helpers import Run, collect, frames_of, normalize, transcribe
@@ -166,6 +167,72 @@ async def test_flush_ends_the_utterance_promptly(engine: STT) -> None:
     await stream.aclose()
     assert [e.alternatives[0].text for e in run.finals] == ["hello world.", "thank you."]
     assert len({e.request_id for e in run.finals}) == 2
+
+
+async def test_audio_pushed_right_after_flush_starts_the_next_utterance(engine: STT) -> None:
+    # push_frame resamples and chunks at once, ahead of the input task: nothing pushed after
+    # flush() may end up before it, even when all of it is queued before the task runs
+    first = synthesize("hello world.", sample_rate=24000, tail_ms=30)
+    second = synthesize("thank you.", sample_rate=24000, tail_ms=0)
+    stream = engine.stream()
+    run = Run()
+    reader = asyncio.create_task(collect(stream, run))
+    for f in frames_of(first, 50):
+        stream.push_frame(f)
+    stream.flush()
+    for f in frames_of(second, 50):
+        stream.push_frame(f)
+    await asyncio.sleep(0.2)  # the input task takes the flush while "you." ends in the pipeline
+    stream.end_input()
+    await asyncio.wait_for(reader, 20)
+    await stream.aclose()
+    assert [e.alternatives[0].text for e in run.finals] == ["hello world.", "thank you."]
+
+
+async def test_stall_timer_takes_queued_audio_first(emulator: VLLMRealtimeEmulator) -> None:
+    # The stall timer flushes the pipeline, which push_frame keeps ahead of the input task:
+    # chunks already queued must reach the core first (and then the input is not stalled).
+    engine = STT(base_url=emulator.url, input_stall_s=0.1)
+    first = synthesize("hello world.", sample_rate=24000, tail_ms=0)
+    second = synthesize("thank you.", sample_rate=24000, tail_ms=0)
+    stream = engine.stream()
+    assert isinstance(stream, SpeechStream)
+    run = Run()
+    reader = asyncio.create_task(collect(stream, run))
+    try:
+        for f in frames_of(first, 50):
+            stream.push_frame(f)
+        await asyncio.sleep(0.05)  # the input task takes it all; the utterance is open
+        time.sleep(0.15)  # blocks the loop: the stall is due, its timer cannot fire yet
+        for f in frames_of(second, 50):
+            stream.push_frame(f)
+        stream._on_timer()  # the timer firing before the input task has run
+        await asyncio.sleep(0.3)
+        stream.end_input()
+        await asyncio.wait_for(reader, 20)
+    finally:
+        await stream.aclose()
+        await engine.aclose()
+    assert run.text == "hello world. thank you."
+
+
+async def test_a_frame_at_another_rate_is_refused_where_it_is_pushed(engine: STT) -> None:
+    speech = synthesize("hello world.", sample_rate=48000)
+    stream = engine.stream()
+    run = Run()
+    reader = asyncio.create_task(collect(stream, run))
+    frames = frames_of(speech, 10)
+    half = len(frames) // 2
+    for f in frames[:half]:
+        stream.push_frame(f)
+    with pytest.raises(ValueError, match="changed from 48000 Hz to 16000 Hz"):
+        stream.push_frame(rtc.AudioFrame(b"\x00\x00" * 160, 16000, 1, 160))
+    for f in frames[half:]:  # the stream goes on with the frames at the right rate
+        stream.push_frame(f)
+    stream.end_input()
+    await asyncio.wait_for(reader, 20)
+    await stream.aclose()
+    assert run.text == "hello world."
 
 
 async def test_end_input_without_speech_ends_the_iterator(engine: STT) -> None:
