@@ -580,6 +580,7 @@ class SpeechStream(stt.RecognizeStream):
         self._endpointer = Endpointer(opts.endpointer) if stt._vad is None else None
         self._vad_input = stt._vad is not None  # frames reach the input task unprocessed
         self._vad_stream: lk_vad.VADStream | None = None
+        self._direct_input = False  # push_frame may hand chunks to the core itself
         self._user_offset = 0.0
 
     @property
@@ -607,9 +608,21 @@ class SpeechStream(stt.RecognizeStream):
             return
         self._check_input_not_ended()
         self._check_not_closed()
-        # Resampled and cut into 80 ms chunks here, in the caller, so the input task wakes
-        # once per chunk instead of once per frame (8 times less often with 10 ms frames).
-        for chunk in self._pipeline.push_frame(frame):
+        # Resampled and cut into 80 ms chunks here, in the caller. While _run is taking input
+        # and nothing is queued, a chunk goes straight to the core: no task switch per chunk.
+        # Otherwise (before _run, between its retries) it waits in the channel, in order.
+        chunks = self._pipeline.push_frame(frame)
+        if not chunks:
+            return
+        core = self._core
+        if self._direct_input and core is not None and self._input_ch.empty():
+            try:
+                for chunk in chunks:
+                    self._consume(core, chunk)
+            except Exception as e:  # as if the input task had failed: the stream ends with it
+                self._finish(e)
+            return
+        for chunk in chunks:
             self._input_ch.send_nowait(chunk)  # type: ignore[arg-type]  # see _consume
 
     def flush(self) -> None:
@@ -754,14 +767,17 @@ class SpeechStream(stt.RecognizeStream):
             else None
         )
         try:
+            self._direct_input = not self._vad_input
             async for item in self._input_ch:
                 self._consume(core, item)
+            self._direct_input = False
             now = loop.time()
             for chunk in self._pipeline.flush():
                 core.push_audio(chunk, now)
             core.end_input(now)
             self._pump()
         finally:
+            self._direct_input = False
             self._vad_stream = None
             if vad_task is not None:
                 await utils.aio.cancel_and_wait(vad_task)

@@ -235,6 +235,36 @@ async def test_a_frame_at_another_rate_is_refused_where_it_is_pushed(engine: STT
     assert run.text == "hello world."
 
 
+async def test_chunks_reach_the_core_in_push_frame_while_running(engine: STT) -> None:
+    # the fast path: no queue and no task switch per chunk once _run takes input; before
+    # that, chunks wait in the channel and arrive in order
+    frames = frames_of(synthesize("hello world. thank you.", sample_rate=24000), 50)
+    stream = engine.stream()
+    assert isinstance(stream, SpeechStream)
+    run = Run()
+    reader = asyncio.create_task(collect(stream, run))
+    for f in frames[:8]:  # 400 ms, queued: _run has not started
+        stream.push_frame(f)
+    assert stream._input_ch.qsize() >= 4
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if stream._core is not None and stream._input_ch.empty():
+            break
+    core = stream._core
+    assert core is not None
+    before = core.samples_received
+    for f in frames[8:24]:  # 800 ms
+        stream.push_frame(f)
+    assert stream._input_ch.empty()
+    assert core.samples_received == stream._pipeline.samples_out >= before + 9 * 1280
+    for f in frames[24:]:
+        stream.push_frame(f)
+    stream.end_input()
+    await asyncio.wait_for(reader, 20)
+    await stream.aclose()
+    assert run.text == "hello world. thank you."
+
+
 async def test_end_input_without_speech_ends_the_iterator(engine: STT) -> None:
     silence = rtc.AudioFrame(b"\x00\x00" * 480, 48000, 1, 480)
     run = await transcribe(engine, [silence] * 100)
