@@ -38,7 +38,9 @@ from livekit_plugins_voxtral_vllm.audio import (
     StepChunker,
     to_mono_int16,
 )
+from livekit_plugins_voxtral_vllm.connection import steps_for_samples
 from livekit_plugins_voxtral_vllm.endpointer import Endpointer
+from livekit_plugins_voxtral_vllm.stream_core import CoreOptions, OpenLane, StreamCore
 
 RESULTS = Path(__file__).parent / "results" / "hot_path.json"
 REPEATS = 9
@@ -46,6 +48,7 @@ STREAMS = 200
 STEPS_PER_S = protocol.SAMPLE_RATE / protocol.STEP_SAMPLES  # 12.5
 EMPTY_DELTA = '{"type":"transcription.delta","delta":""}'
 WORD_DELTA = '{"type":"transcription.delta","delta":" hello"}'
+SESSION_CREATED = '{"type":"session.created","id":"sess-0123456789abcdef","created":1}'
 
 
 @dataclass
@@ -128,6 +131,35 @@ def full_path(
     return step
 
 
+def core_step(max_model_len: int | None) -> Callable[[], object]:
+    """``StreamCore`` with a running generation: one 80 ms chunk in, its actions out, and the
+    (empty) deltas vLLM owes by then back, their actions out. With ``max_model_len`` set (to a
+    limit this run never reaches) the rollover budget is checked on every step."""
+    core = StreamCore(CoreOptions(model="m", max_model_len=max_model_len))
+    now = 0.0
+    core.start(now)
+    lane = next(a.lane for a in core.actions() if isinstance(a, OpenLane))
+    core.lane_connected(lane, now)
+    core.lane_received(lane, SESSION_CREATED, now)
+    core.speech_started(0, now)
+    core.actions()
+    chunks = cycle([tone(0.08, 16000, 1) for _ in range(4)])
+    pushed = steps = 0
+
+    def step() -> object:
+        nonlocal now, pushed, steps
+        now += 0.08
+        core.push_audio(next(chunks), now)
+        pushed += protocol.STEP_SAMPLES
+        core.actions()
+        while steps < steps_for_samples(pushed, 480):
+            core.lane_received(lane, EMPTY_DELTA, now)
+            steps += 1
+        return core.actions()
+
+    return step
+
+
 def run(target_s: float) -> list[Result]:
     rng = np.random.default_rng(0)
     chunk = (rng.normal(0, 3000, protocol.STEP_SAMPLES)).astype(np.int16)
@@ -157,6 +189,9 @@ def run(target_s: float) -> list[Result]:
     add("full path 16k mono (passthrough)", full_path(16000, 1))
     add("parse_server_message (empty delta)", lambda: protocol.parse_server_message(EMPTY_DELTA))
     add("parse_server_message (word delta)", lambda: protocol.parse_server_message(WORD_DELTA))
+
+    add("StreamCore: chunk in, empty delta back", core_step(None))
+    add("StreamCore: same, with a max_model_len", core_step(10**8))
 
     speech = tone(4.0, 16000, 1)
     speech[::2] = 0  # some structure; the content barely matters for the cost

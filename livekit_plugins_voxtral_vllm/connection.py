@@ -85,6 +85,7 @@ class RealtimeConnection:
         self._steps = 0
         self._samples_sent = 0
         self._pending = np.zeros(0, dtype=np.int16)
+        self._expected = 0  # expected_steps, kept current: it is read several times per step
         self._to_send: list[str] = []
         self._events: list[ConnectionEvent] = []
         self.last_received_at: float | None = None
@@ -113,14 +114,15 @@ class RealtimeConnection:
     @property
     def expected_steps(self) -> int:
         """Steps vLLM would have returned by now if it kept up with the audio we sent."""
-        return steps_for_samples(self._samples_sent - len(self._pending), self._delay_ms)
+        return self._expected
 
     @property
     def lag_steps(self) -> int:
         """How many steps the server is behind the audio it has been sent."""
         if self.generation_state is not GenerationState.RUNNING:
             return 0
-        return max(0, self.expected_steps - self._steps)
+        lag = self._expected - self._steps
+        return lag if lag > 0 else 0
 
     @property
     def can_start_generation(self) -> bool:
@@ -163,6 +165,7 @@ class RealtimeConnection:
         self._generation += 1
         self._steps = 0
         self._samples_sent = 0
+        self._expected = 0
         self.generation_state = GenerationState.RUNNING
         self._to_send.append(protocol.COMMIT)
         self._events.append(GenerationStarted(self._generation))
@@ -194,6 +197,7 @@ class RealtimeConnection:
             for i in range(0, len(data), step_bytes):
                 self._to_send.append(protocol.encode_append(data[i : i + step_bytes]))
         self._pending = pending[whole:].copy() if whole < pending.size else _EMPTY
+        self._update_expected()
 
     def finish_generation(self, now: float) -> None:
         """Send the unsent remainder and ``final: true``: the server pads and sends ``done``.
@@ -208,6 +212,7 @@ class RealtimeConnection:
         if self._pending.size:
             self._to_send.append(protocol.encode_append_pcm(self._pending))
             self._pending = _EMPTY
+            self._update_expected()
         self.generation_state = GenerationState.FINALIZING
         self._to_send.append(protocol.COMMIT_FINAL)
 
@@ -294,6 +299,7 @@ class RealtimeConnection:
             reason = FinishReason.REQUESTED
         self.generation_state = GenerationState.IDLE
         self._pending = _EMPTY
+        self._update_expected()
         self._events.append(
             GenerationFinished(
                 generation=self._generation,
@@ -305,6 +311,9 @@ class RealtimeConnection:
                 reusable=self.reusable,
             )
         )
+
+    def _update_expected(self) -> None:
+        self._expected = steps_for_samples(self._samples_sent - self._pending.size, self._delay_ms)
 
     def _receive_error(self, message: protocol.ErrorEvent) -> None:
         code = ErrorCode.parse(message.code)
@@ -333,6 +342,7 @@ class RealtimeConnection:
             self.generation_state = GenerationState.IDLE
             self.reusable = False
             self._pending = _EMPTY
+            self._update_expected()
 
 
 _EMPTY = np.zeros(0, dtype=np.int16)

@@ -275,6 +275,9 @@ class StreamCore:
         self._prompt_tokens = 33 + options.transcription_delay_ms // 80
         # steps vLLM runs after ``final`` on its right padding (delay tokens + 1 + 10, §3.2)
         self._pad_steps = options.transcription_delay_ms // 80 + 11
+        self._cap_steps: int | None = None
+        self._room: int | None = None
+        self._set_limits()
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -429,6 +432,7 @@ class StreamCore:
         self._opts = dataclasses.replace(
             self._opts, max_model_len=max_model_len, abort_on_close=abort_on_close
         )
+        self._set_limits()
 
     def update_options(self, *, language: str | None, segmenter: SegmenterOptions) -> None:
         """New language label (sent in ``session.update`` of new sockets) and segmentation,
@@ -681,7 +685,8 @@ class StreamCore:
             # socket was up) must not carry a generation past max_model_len: send what fits;
             # once the server has caught up, the rollover hands the rest to a new generation.
             until = min(until, gen.start + room)
-        if until > gen.sent_until:
+        sent = until > gen.sent_until
+        if sent:
             audio = self._history.slice(gen.sent_until, until)
             conn.send_audio(audio)
             gen.sent_until = until
@@ -692,7 +697,9 @@ class StreamCore:
             return
         if gen is self._live:
             self._check_lag(gen, conn, now)
-        if gen.phase is _Phase.RUNNING and not gen.muted:
+        # with no new audio the budget did not grow; what else it depends on changes with
+        # the server's output, after which _after_step checks it
+        if sent and gen.phase is _Phase.RUNNING and not gen.muted:
             self._check_capacity(gen, conn, now)
 
     def _split_at_gap(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
@@ -725,8 +732,13 @@ class StreamCore:
 
     def _process_lane_events(self, lane: _Lane, now: float, assign: bool = True) -> None:
         assert lane.conn is not None
+        # Lanes and generations change state only on events other than deltas (a rollover a
+        # delta sets off assigns by itself): after deltas alone there is nothing to assign.
+        changed = False
         for ev in lane.conn.events_received():
             gen = lane.gen
+            if not isinstance(ev, DeltaReceived):
+                changed = True
             if isinstance(ev, DeltaReceived):
                 if gen is None:
                     continue
@@ -773,7 +785,7 @@ class StreamCore:
             elif isinstance(ev, SessionCreated):
                 self._connect_failures = 0
                 logger.debug("lane %d: vLLM session %s", lane.lane, ev.session_id)
-        if assign and not self._failed:
+        if assign and changed and not self._failed:
             self._assign(now)
 
     def _route(self, gen: _Generation, ev: DeltaReceived | GenerationFinished, now: float) -> None:
@@ -981,16 +993,22 @@ class StreamCore:
     def _room_samples(self, gen: _Generation) -> int | None:
         """How much audio ``gen`` may be sent in all and still finish, right padding
         included, three steps short of max_model_len; None when the limit is unknown."""
-        cap = self._capacity_steps()
-        if cap is None:
-            return None
-        steps = max(1, cap - 3 - self._pad_steps)
-        return first_step_samples(self._opts.transcription_delay_ms) + (steps - 1) * STEP_SAMPLES
+        return self._room
 
     def _capacity_steps(self) -> int | None:
+        return self._cap_steps
+
+    def _set_limits(self) -> None:
+        # read on every step: computed once per max_model_len
         if self._opts.max_model_len is None:
-            return None
-        return max(1, self._opts.max_model_len - self._prompt_tokens)
+            self._cap_steps = self._room = None
+            return
+        cap = max(1, self._opts.max_model_len - self._prompt_tokens)
+        steps = max(1, cap - 3 - self._pad_steps)
+        self._cap_steps = cap
+        self._room = (
+            first_step_samples(self._opts.transcription_delay_ms) + (steps - 1) * STEP_SAMPLES
+        )
 
     def _check_lag(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
         """Backpressure. A replay after a reconnect sends seconds of audio at once, which vLLM
