@@ -139,6 +139,7 @@ class MonoResampler:
         "_lookahead",
         "_base_in",
         "_base_out",
+        "_need_in",
         "samples_in",
         "samples_out",
     )
@@ -153,6 +154,7 @@ class MonoResampler:
         self._lookahead = 0
         self._base_in = 0  # samples_in and samples_out when soxr (re)started
         self._base_out = 0
+        self._need_in = 0  # align mode: soxr is called once samples_in reaches this
         self._soxr: Any = None  # soxr.ResampleStream (soxr ships no type information)
         self._rate: int | None = None
         self._min_push_bytes = 0
@@ -183,41 +185,35 @@ class MonoResampler:
             ValueError: if ``sample_rate`` differs from the first push's, or is not positive.
             TypeError: if ``samples`` is not int16.
         """
+        # Runs for every frame (100 a second per stream with 10 ms frames): the common case,
+        # input gathered until a chunk can be completed, is a comparison and a copy.
         if samples.dtype != np.int16:
             raise TypeError(f"expected int16 samples, got dtype {samples.dtype}")
-        rate = self._rate
-        if rate != sample_rate:
-            if rate is not None:
-                raise ValueError(
-                    f"input sample rate changed from {rate} Hz to {sample_rate} Hz "
-                    "mid-stream; one stream resamples from one rate: create a new stream "
-                    "for the new rate"
-                )
+        if sample_rate != self._rate:
             self._start(sample_rate)
         n = len(samples)
         self.samples_in += n
-        if self._soxr is None:
+        resampler = self._soxr
+        if resampler is None:
             self.samples_out += n
             return samples
         pending = self._pending
-        align = self._align
-        if align:
-            # the end of the output block being filled, as an input position
-            target = ((self.samples_out - self._base_out) // align + 1) * align
-            need = -(-target * sample_rate // SAMPLE_RATE) + self._lookahead
-            ready = self.samples_in - self._base_in >= need
+        if self._align:
+            ready = self.samples_in >= self._need_in
         else:
             ready = len(pending) + 2 * n >= self._min_push_bytes
+        if not samples.flags.c_contiguous:
+            samples = np.ascontiguousarray(samples)
         if not ready:
-            pending += np.ascontiguousarray(samples).data.cast("B")
+            pending += samples.data
             return _EMPTY
         if not pending:
-            return self._collect(self._soxr.resample_chunk(np.ascontiguousarray(samples)))
-        pending += np.ascontiguousarray(samples).data.cast("B")
+            return self._collect(resampler.resample_chunk(samples))
+        pending += samples.data
         # a view of the buffer: soxr copies what it needs during the call, and the view must be
         # gone before the buffer can be cleared
         view = np.frombuffer(pending, dtype=np.int16)
-        out = self._soxr.resample_chunk(view)
+        out = resampler.resample_chunk(view)
         del view
         pending.clear()
         return self._collect(out)
@@ -237,9 +233,16 @@ class MonoResampler:
         self._soxr.clear()
         collected = self._collect(out)
         self._base_in, self._base_out = self.samples_in, self.samples_out
+        self._update_need()
         return collected
 
     def _start(self, sample_rate: int) -> None:
+        if self._rate is not None:
+            raise ValueError(
+                f"input sample rate changed from {self._rate} Hz to {sample_rate} Hz "
+                "mid-stream; one stream resamples from one rate: create a new stream "
+                "for the new rate"
+            )
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         self._rate = sample_rate
@@ -249,12 +252,22 @@ class MonoResampler:
             )
             self._min_push_bytes = 2 * sample_rate * self._min_push_ms // 1000
             self._lookahead = sample_rate * _ALIGN_LOOKAHEAD_MS // 1000
+            self._update_need()
+
+    def _update_need(self) -> None:
+        align, rate = self._align, self._rate
+        if not align or rate is None:
+            return
+        # the end of the output block being filled, as an input position, plus the lookahead
+        target = ((self.samples_out - self._base_out) // align + 1) * align
+        self._need_in = self._base_in + -(-target * rate // SAMPLE_RATE) + self._lookahead
 
     def _collect(self, out: Any) -> Int16Array:
         n = len(out)
         if not n:
             return _EMPTY
         self.samples_out += n
+        self._update_need()
         result: Int16Array = out
         return result
 
