@@ -377,7 +377,7 @@ def stop_profiler(prof: _Profiler | None, kind: str | None) -> str:
 
 # Where a sample's time goes: the frame nearest the leaf that matches one of these.
 CATEGORIES = (
-    ("soxr resampling (FFI)", ("rtc/audio_resampler.py", "rtc/_ffi_client.py", "ctypes/")),
+    ("soxr resampling", ("soxr/", "rtc/audio_resampler.py", "rtc/_ffi_client.py", "ctypes/")),
     ("audio.py (downmix, gathering, chunks)", ("voxtral_vllm/audio.py",)),
     ("endpointer.py", ("voxtral_vllm/endpointer.py",)),
     ("protocol.py + connection.py", ("voxtral_vllm/protocol.py", "voxtral_vllm/connection.py")),
