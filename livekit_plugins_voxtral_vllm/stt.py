@@ -1,9 +1,12 @@
 """``STT`` and ``SpeechStream``: the LiveKit glue around :class:`~.stream_core.StreamCore`.
 
-The stream's ``_run`` owns three kinds of task: the input task (frames → 16 kHz mono →
-endpointer or VAD → core), one task per vLLM socket ("lane": connect, then read), and one timer
-handle. Every input goes to the core, then :meth:`SpeechStream._pump` carries out the core's
-actions: it is the only code that writes to a socket or emits a SpeechEvent.
+``push_frame`` resamples and cuts each frame into 80 ms chunks at once, in the caller. While
+``_run`` is taking input, a chunk goes straight on to the endpointer and the core; otherwise it
+waits in LiveKit's input channel for the input task. (With a LiveKit VAD, frames go through
+the channel whole, since the VAD reads them too.) ``_run`` owns that input task, one task per
+vLLM socket ("lane": connect, then read, plus a writer), and one timer handle. Every input goes
+to the core, then :meth:`SpeechStream._pump` carries out the core's actions: it is the only code
+that writes to a socket or emits a SpeechEvent.
 """
 
 from __future__ import annotations
