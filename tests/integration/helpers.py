@@ -58,6 +58,15 @@ async def collect(stream: stt.RecognizeStream, run: Run) -> None:
         run.events.append(ev)
 
 
+async def end_and_wait(
+    stream: stt.RecognizeStream, reader: asyncio.Task[None], timeout: float = 20.0
+) -> None:
+    """End the input, wait for ``reader`` to see the stream end, and close the stream."""
+    stream.end_input()
+    await asyncio.wait_for(reader, timeout)
+    await stream.aclose()
+
+
 async def transcribe(
     engine: stt.STT,
     frames: Sequence[rtc.AudioFrame],

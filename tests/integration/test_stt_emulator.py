@@ -12,7 +12,7 @@ from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError
 from livekit_plugins_voxtral_vllm import STT, SpeechStream
 from livekit_plugins_voxtral_vllm.testing import VLLMRealtimeEmulator, synthesize
 
-from .helpers import Run, collect, frames_of, normalize, transcribe
+from .helpers import Run, collect, end_and_wait, frames_of, normalize, transcribe
 
 SCRIPT = (
     "hello world. the meeting starts now. <pause:900> we can hear the quick brown fox. "
@@ -118,9 +118,7 @@ async def test_start_time_offset_shifts_timestamps(engine: STT) -> None:
     reader = asyncio.create_task(collect(stream, run))
     for f in frames_of(speech, 10):
         stream.push_frame(f)
-    stream.end_input()
-    await asyncio.wait_for(reader, 20)
-    await stream.aclose()
+    await end_and_wait(stream, reader)
     (final,) = run.finals
     assert 100.2 <= final.alternatives[0].start_time <= 100.4
 
@@ -162,9 +160,7 @@ async def test_flush_ends_the_utterance_promptly(engine: STT) -> None:
     second = synthesize("thank you.", sample_rate=48000)
     for f in frames_of(second, 10):
         stream.push_frame(f)
-    stream.end_input()
-    await asyncio.wait_for(reader, 20)
-    await stream.aclose()
+    await end_and_wait(stream, reader)
     assert [e.alternatives[0].text for e in run.finals] == ["hello world.", "thank you."]
     assert len({e.request_id for e in run.finals}) == 2
 
@@ -183,9 +179,7 @@ async def test_audio_pushed_right_after_flush_starts_the_next_utterance(engine: 
     for f in frames_of(second, 50):
         stream.push_frame(f)
     await asyncio.sleep(0.2)  # the input task takes the flush while "you." ends in the pipeline
-    stream.end_input()
-    await asyncio.wait_for(reader, 20)
-    await stream.aclose()
+    await end_and_wait(stream, reader)
     assert [e.alternatives[0].text for e in run.finals] == ["hello world.", "thank you."]
 
 
@@ -229,9 +223,7 @@ async def test_a_frame_at_another_rate_is_refused_where_it_is_pushed(engine: STT
         stream.push_frame(rtc.AudioFrame(b"\x00\x00" * 160, 16000, 1, 160))
     for f in frames[half:]:  # the stream goes on with the frames at the right rate
         stream.push_frame(f)
-    stream.end_input()
-    await asyncio.wait_for(reader, 20)
-    await stream.aclose()
+    await end_and_wait(stream, reader)
     assert run.text == "hello world."
 
 
@@ -259,9 +251,7 @@ async def test_chunks_reach_the_core_in_push_frame_while_running(engine: STT) ->
     assert core.samples_received == stream._pipeline.samples_out >= before + 9 * 1280
     for f in frames[24:]:
         stream.push_frame(f)
-    stream.end_input()
-    await asyncio.wait_for(reader, 20)
-    await stream.aclose()
+    await end_and_wait(stream, reader)
     assert run.text == "hello world. thank you."
 
 
