@@ -136,7 +136,8 @@ def core_step(max_model_len: int | None) -> Callable[[], object]:
     """``StreamCore`` with a running generation: one 80 ms chunk in, its actions out, and the
     (empty) deltas vLLM owes by then back, their actions out. With ``max_model_len`` set (to a
     limit this run never reaches) the rollover budget is checked on every step."""
-    core = StreamCore(CoreOptions(model="m", max_model_len=max_model_len))
+    opts = CoreOptions(model="m", max_model_len=max_model_len)
+    core = StreamCore(opts)
     now = 0.0
     core.start(now)
     lane = next(a.lane for a in core.actions() if isinstance(a, OpenLane))
@@ -153,7 +154,7 @@ def core_step(max_model_len: int | None) -> Callable[[], object]:
         core.push_audio(next(chunks), now)
         pushed += protocol.STEP_SAMPLES
         core.actions()
-        while steps < steps_for_samples(pushed, 480):
+        while steps < steps_for_samples(pushed, opts.transcription_delay_ms):
             core.lane_received(lane, EMPTY_DELTA, now)
             steps += 1
         return core.actions()

@@ -275,6 +275,9 @@ class StreamCore:
         self._prompt_tokens = 33 + options.transcription_delay_ms // 80
         # steps vLLM runs after ``final`` on its right padding (delay tokens + 1 + 10, §3.2)
         self._pad_steps = options.transcription_delay_ms // 80 + 11
+        # steps a generation may run in all (max_model_len less the prompt), and how much audio
+        # one may be sent and still finish, right padding included, three steps short of the
+        # limit; both None when max_model_len is unknown
         self._cap_steps: int | None = None
         self._room: int | None = None
         self._set_limits()
@@ -680,7 +683,7 @@ class StreamCore:
                 return
             gen.start = gen.sent_until = self._history.start
         until = self._history.end if gen.end is None else min(gen.end, self._history.end)
-        if (room := self._room_samples(gen)) is not None:
+        if (room := self._room) is not None:
             # A burst (a replay, a producer catching up, an utterance that ended before its
             # socket was up) must not carry a generation past max_model_len: send what fits;
             # once the server has caught up, the rollover hands the rest to a new generation.
@@ -737,19 +740,18 @@ class StreamCore:
         changed = False
         for ev in lane.conn.events_received():
             gen = lane.gen
-            if not isinstance(ev, DeltaReceived):
-                changed = True
             if isinstance(ev, DeltaReceived):
-                if gen is None:
-                    continue
-                gen.last_activity = now
-                gen.steps = ev.step + 1
-                if ev.delta.strip():
-                    gen.last_text_step = ev.step
-                if not gen.muted:
-                    self._route(gen, ev, now)
-                    self._after_step(gen, lane.conn, now)
-            elif isinstance(ev, GenerationFinished):
+                if gen is not None:
+                    gen.last_activity = now
+                    gen.steps = ev.step + 1
+                    if ev.delta.strip():
+                        gen.last_text_step = ev.step
+                    if not gen.muted:
+                        self._route(gen, ev, now)
+                        self._after_step(gen, lane.conn, now)
+                continue
+            changed = True
+            if isinstance(ev, GenerationFinished):
                 if gen is None:
                     continue
                 lane.gen = None
@@ -971,7 +973,7 @@ class StreamCore:
         it kills the engine for every session). What counts is every step the generation will
         run once finished: the audio already sent (some still queued at the server) plus the
         right padding vLLM appends at ``final``."""
-        cap = self._capacity_steps()
+        cap = self._cap_steps
         if cap is None or not self._order or self._order[0] is not gen:
             return
         if gen.phase is not _Phase.RUNNING:
@@ -989,14 +991,6 @@ class StreamCore:
             self._roll_over(gen, now, reason="rollover (no pause came)")
         elif committed >= cap - 3:
             self._roll_over(gen, now, reason="rollover at the limit")
-
-    def _room_samples(self, gen: _Generation) -> int | None:
-        """How much audio ``gen`` may be sent in all and still finish, right padding
-        included, three steps short of max_model_len; None when the limit is unknown."""
-        return self._room
-
-    def _capacity_steps(self) -> int | None:
-        return self._cap_steps
 
     def _set_limits(self) -> None:
         # read on every step: computed once per max_model_len

@@ -773,7 +773,6 @@ class SpeechStream(stt.RecognizeStream):
             self._direct_input = not self._vad_input
             async for item in self._input_ch:
                 self._consume(core, item)
-            self._direct_input = False
             now = loop.time()
             for chunk in self._pipeline.flush():
                 core.push_audio(chunk, now)
