@@ -2,22 +2,24 @@
 
 Nobody can run Voxtral without a GPU, so the emulator transcribes synthetic audio instead:
 
-- **Vocabulary.** ``VOCABULARY`` maps 60 lowercase English words and the markers ``.`` ``,``
-  ``?`` to pure-tone frequencies on an 88 Hz grid in 400-5944 Hz, below soxr's passband edge
-  at 16 kHz (the 4008 Hz slot is left out: 24 -> 16 kHz linear interpolation mirrors *f* to
-  8000 - *f*).
-- **Bursts.** A token is one tone burst at -12 dBFS peak with 5 ms raised-cosine ramps. Its
-  canonical length (``burst_ms``) is 120 ms + 30 ms per letter, capped at 360 ms; markers are 90 ms.
+- **Slots.** 63 pure-tone frequencies on an 88 Hz grid in 400-5944 Hz, below soxr's passband
+  edge at 16 kHz (the 4008 Hz slot is left out: 24 -> 16 kHz linear interpolation mirrors *f*
+  to 8000 - *f*). A slot has no language: ``lexicon(language)`` names its script word and its
+  transcript text (60 words and 3 punctuation marks per language, see :mod:`.lexicon`).
+  ``VOCABULARY`` is the English one (script word -> Hz); ``vocabulary(language)`` any other.
+- **Bursts.** A word is one tone burst at -12 dBFS peak with 5 ms raised-cosine ramps. Its
+  canonical length (``burst_ms``) is the slot's: 120 ms + 30 ms per letter of its English name,
+  capped at 360 ms; punctuation is 90 ms.
 - **Layout.** ``lead_ms`` of silence, then the bursts separated by ``gap_ms`` (default 60 ms,
   markers too), then ``tail_ms``. ``<pause:N>`` adds N ms of silence on top of the gap. Optional
   white noise (``noise_dbfs``, RMS) is seeded. All defaults are whole 10 ms hops, so at 16 kHz
   every burst ends exactly on a decoder hop boundary.
-- **Transcript.** Words become ``" word"`` (leading space), markers stay bare: ``"hello world."``
-  is transcribed ``" hello world."`` (``SynthesizedSpeech.text``, ``expected_text``).
+- **Transcript.** In English, words become ``" word"`` (leading space), markers stay bare:
+  ``"hello world."`` is transcribed ``" hello world."``; ``"他 在 公园 。"`` in Chinese is
+  ``"他在公园。"`` (``SynthesizedSpeech.text``, ``expected_text``).
 - **Decoding.** ``ToneDecoder`` cuts 16 kHz audio into 10 ms hops. A run of hops above -30 dBFS
-  RMS is one burst; its frequency (one FFT over the run) names the token, and its
-  energy-equivalent length must match the canonical one within 25 ms. Otherwise it decodes as
-  ``" <partial:WORD>"`` (audio lost), ``" <long:WORD>"`` (audio duplicated) or ``" <unk>"``.
+  RMS is one burst; it is a word only if it is a pure tone at a slot's frequency and of the
+  slot's length (within 25 ms). Real speech, noise and damaged bursts decode to nothing.
 
 The format survives ``livekit.rtc.AudioResampler`` (soxr) and linear interpolation from 24 or
 48 kHz to 16 kHz, and -50 dBFS noise; the tests in ``tests/emulator/test_speech.py`` pin this.
@@ -25,16 +27,17 @@ The format survives ``livekit.rtc.AudioResampler`` (soxr) and linear interpolati
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
+
+from .lexicon import SLOT_NAMES, Lexicon, lexicon
 
 __all__ = [
     "VOCABULARY",
@@ -51,70 +54,79 @@ __all__ = [
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
 
-_WORDS = (
-    "the a and to of is it we you hello world quick brown fox jumps over lazy dog meeting "
-    "starts now today tomorrow please thank yes no okay can hear me good morning everyone let "
-    "us begin next slide question answer time team project update done ready stop wait one two "
-    "three this that what how are all here welcome"
-).split()
-
 MARKERS: frozenset[str] = frozenset({".", ",", "?"})
-"""Punctuation tokens: transcribed without a leading space."""
+"""English punctuation tokens: transcribed without a leading space."""
 
 
-def _build_vocabulary() -> dict[str, float]:
+def _build_slot_hz() -> tuple[float, ...]:
     slots = [400.0 + 88.0 * k for k in range(64)]
     slots = [f for f in slots if abs(2.0 * f - 8000.0) >= 100.0]
-    tokens = [*_WORDS, ".", ",", "?"]
-    assert len(slots) == len(tokens) == len(set(tokens)) == 63
+    assert len(slots) == len(SLOT_NAMES) == len(set(SLOT_NAMES)) == 63
     # Stride 25 (coprime to 63) puts words that follow each other in the list >= 1 kHz apart,
     # so scripts written from the list split cleanly even when a lost gap glues two bursts.
-    return {token: slots[25 * k % 63] for k, token in enumerate(tokens)}
+    return tuple(slots[25 * k % 63] for k in range(len(SLOT_NAMES)))
 
 
-VOCABULARY: Mapping[str, float] = MappingProxyType(_build_vocabulary())
-"""Token -> tone frequency in Hz. Words are lowercase; markers are ``.``, ``,`` and ``?``."""
+_SLOT_HZ = _build_slot_hz()
+_SLOT_BURST_MS = tuple(
+    90 if name in MARKERS else min(120 + 30 * len(name), 360) for name in SLOT_NAMES
+)
+
+
+def vocabulary(language: str = "en") -> Mapping[str, float]:
+    """Script word -> tone frequency in Hz, for one language (see :mod:`.lexicon`)."""
+    return _vocabulary(language)
+
+
+@cache
+def _vocabulary(language: str) -> Mapping[str, float]:
+    lex = lexicon(language)
+    return MappingProxyType({w: _SLOT_HZ[k] for k, w in enumerate(lex.words)})
+
+
+VOCABULARY: Mapping[str, float] = vocabulary("en")
+"""English script word -> tone frequency in Hz (``vocabulary("en")``). Words are lowercase;
+markers are ``.``, ``,`` and ``?``."""
 
 _RAMP_MS = 5.0
 _MIN_GAP_MS = 20.0
 _PAUSE_RE = re.compile(r"<pause:(\d+(?:\.\d+)?)>")
-_TOKEN_RE = re.compile(r"\s*(?:(<pause:[^>]*>)|([.,?])|([^\s.,?<>]+))")
 
 
-def burst_ms(token: str) -> int:
-    """Canonical burst length in ms of a vocabulary token (ramps included)."""
-    _check_token(token)
-    if token in MARKERS:
-        return 90
-    return min(120 + 30 * len(token), 360)
+@cache
+def _token_re(language: str) -> re.Pattern[str]:
+    marks = re.escape("".join(sorted(lexicon(language).markers)))
+    return re.compile(rf"\s*(?:(<pause:[^>]*>)|([{marks}])|([^\s{marks}<>]+))")
 
 
-def _check_token(token: str) -> None:
-    if token in VOCABULARY:
+def burst_ms(token: str, language: str = "en") -> int:
+    """Canonical burst length in ms of a script word (ramps included).
+
+    The length belongs to the tone slot, so a slot lasts as long in every language."""
+    return _SLOT_BURST_MS[lexicon(language).slot(token)]
+
+
+def _check_token(token: str, language: str) -> None:
+    lex = lexicon(language)
+    if token in lex.words:
         return
-    hint = ""
-    if token.lower() in VOCABULARY:
-        hint = f" (the vocabulary is lowercase: use {token.lower()!r})"
-    elif close := difflib.get_close_matches(token, list(VOCABULARY), n=3):
-        hint = f" (did you mean {', '.join(map(repr, close))}?)"
-    raise ValueError(
-        f"unknown word {token!r}{hint}: only tokens of "
-        "livekit_plugins_voxtral_vllm.testing.speech.VOCABULARY can be synthesized"
-    )
+    if language == "en" and token.lower() in lex.words:
+        raise ValueError(
+            f"unknown word {token!r} (the vocabulary is lowercase: use {token.lower()!r}): only "
+            "tokens of livekit_plugins_voxtral_vllm.testing.speech.VOCABULARY can be synthesized"
+        )
+    lex.slot(token)  # raises with a hint
 
 
-def _token_text(token: str) -> str:
-    return token if token in MARKERS else " " + token
-
-
-def _tokenize(text_or_words: str | Sequence[str]) -> list[str]:
-    """Split a script into vocabulary tokens and ``<pause:N>`` tokens, validating each."""
+def _tokenize(text_or_words: str | Sequence[str], language: str) -> list[str]:
+    """Split a script into script words and ``<pause:N>`` tokens, validating each."""
     if isinstance(text_or_words, str):
         tokens: list[str] = []
         pos = 0
         text = text_or_words.rstrip()
+        token_re = _token_re(language)
         while pos < len(text):
-            m = _TOKEN_RE.match(text, pos)
+            m = token_re.match(text, pos)
             if m is None:
                 raise ValueError(f"cannot parse {text[pos:]!r} in script {text!r}")
             tokens.append(m.group(m.lastindex or 0))
@@ -126,7 +138,7 @@ def _tokenize(text_or_words: str | Sequence[str]) -> list[str]:
             if _PAUSE_RE.fullmatch(token) is None:
                 raise ValueError(f"bad pause token {token!r}: expected '<pause:MS>'")
         else:
-            _check_token(token)
+            _check_token(token, language)
     return tokens
 
 
@@ -135,10 +147,13 @@ class WordTiming:
     """One synthesized token: its transcript text and burst position in seconds."""
 
     text: str
-    """``" word"`` for words, ``"."`` / ``","`` / ``"?"`` for markers."""
+    """The exact transcript text: ``" word"`` for words, ``"."`` / ``","`` / ``"?"`` for
+    markers (in zh/ja no space: ``"公园"``, ``"。"``)."""
     start_s: float
     end_s: float
     """Exclusive: the time of the first sample after the burst."""
+    word: str = ""
+    """The script word (``"公园"``, ``"2026"``)."""
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -151,10 +166,13 @@ class SynthesizedSpeech:
     samples: Int16Array
     sample_rate: int
     words: tuple[WordTiming, ...] = field(default=())
+    language: str = "en"
+    """The language the script was written in: the emulator must speak it too."""
 
     @property
     def text(self) -> str:
-        """The exact transcript ``ToneDecoder`` produces: token texts concatenated."""
+        """The exact transcript the emulator (set to :attr:`language`) produces, in either
+        output mode: the words' texts concatenated."""
         return "".join(w.text for w in self.words)
 
     @property
@@ -208,12 +226,15 @@ def synthesize(
     noise_dbfs: float | None = None,
     seed: int = 0,
     amplitude_dbfs: float = -12.0,
+    language: str = "en",
 ) -> SynthesizedSpeech:
     """Render a script as tone bursts.
 
     Args:
         text_or_words: ``"hello world. <pause:800> the meeting starts now"`` or the same as a
-            sequence of tokens (``["hello", "world", ".", "<pause:800>", ...]``).
+            sequence of tokens (``["hello", "world", ".", "<pause:800>", ...]``). Words are
+            those of ``lexicon(language).words``, separated by spaces in every language
+            (``"他 在 公园 散步 。"``); punctuation may touch the word before it.
         sample_rate: output rate in Hz.
         gap_ms: silence between consecutive bursts, at least 20 ms so that the decoder sees a
             silent 10 ms hop between them.
@@ -223,10 +244,12 @@ def synthesize(
             The decoder tolerates up to about -40 dBFS.
         seed: noise seed.
         amplitude_dbfs: peak level of the bursts; the decoder needs at least about -24 dBFS.
+        language: the script's language (one of ``lexicon.LANGUAGES``); the emulator must be
+            set to it to transcribe :attr:`SynthesizedSpeech.text`.
 
     Raises:
-        ValueError: an unknown word (see ``VOCABULARY``), a bad ``<pause:MS>`` token or bad
-            timing parameters.
+        ValueError: an unknown word (see ``lexicon(language).words``), an unknown language, a
+            bad ``<pause:MS>`` token or bad timing parameters.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -234,7 +257,8 @@ def synthesize(
         raise ValueError(f"gap_ms must be >= {_MIN_GAP_MS:g} for the decoder, got {gap_ms}")
     if lead_ms < 0 or tail_ms < 0:
         raise ValueError("lead_ms and tail_ms must be >= 0")
-    tokens = _tokenize(text_or_words)
+    lex = lexicon(language)
+    tokens = _tokenize(text_or_words, language)
     amplitude = 10.0 ** (amplitude_dbfs / 20.0)
 
     parts: list[npt.NDArray[np.float64]] = []
@@ -255,9 +279,10 @@ def synthesize(
             continue
         if words:
             silence(gap_ms)
-        n = _ms_to_samples(burst_ms(token), sample_rate)
-        parts.append(_burst(VOCABULARY[token], n, sample_rate, amplitude))
-        words.append(WordTiming(_token_text(token), pos / sample_rate, (pos + n) / sample_rate))
+        slot = lex.slot(token)
+        n = _ms_to_samples(_SLOT_BURST_MS[slot], sample_rate)
+        parts.append(_burst(_SLOT_HZ[slot], n, sample_rate, amplitude))
+        words.append(WordTiming(lex.texts[slot], pos / sample_rate, (pos + n) / sample_rate, token))
         pos += n
     silence(tail_ms)
 
@@ -267,12 +292,15 @@ def synthesize(
         signal += rng.normal(0.0, 10.0 ** (noise_dbfs / 20.0), signal.size)
     samples = np.clip(np.round(signal * 32768.0), -32768, 32767).astype(np.int16)
     samples.flags.writeable = False
-    return SynthesizedSpeech(samples, sample_rate, tuple(words))
+    return SynthesizedSpeech(samples, sample_rate, tuple(words), language)
 
 
-def expected_text(text_or_words: str | Sequence[str]) -> str:
-    """The transcript of ``synthesize(text_or_words)``, without rendering any audio."""
-    return "".join(_token_text(t) for t in _tokenize(text_or_words) if not t.startswith("<"))
+def expected_text(text_or_words: str | Sequence[str], language: str = "en") -> str:
+    """The transcript of ``synthesize(text_or_words, language=language)``, without rendering
+    any audio."""
+    lex = lexicon(language)
+    tokens = _tokenize(text_or_words, language)
+    return "".join(lex.text(t) for t in tokens if not t.startswith("<"))
 
 
 def concat(*speeches: SynthesizedSpeech) -> SynthesizedSpeech:
@@ -282,15 +310,20 @@ def concat(*speeches: SynthesizedSpeech) -> SynthesizedSpeech:
     rate = speeches[0].sample_rate
     if any(s.sample_rate != rate for s in speeches):
         raise ValueError("concat() needs speeches of one sample rate")
+    language = speeches[0].language
+    if any(s.language != language for s in speeches):
+        raise ValueError("concat() needs speeches of one language (the emulator speaks one)")
     words: list[WordTiming] = []
     offset = 0
     for s in speeches:
         shift = offset / rate
-        words.extend(WordTiming(w.text, w.start_s + shift, w.end_s + shift) for w in s.words)
+        words.extend(
+            WordTiming(w.text, w.start_s + shift, w.end_s + shift, w.word) for w in s.words
+        )
         offset += len(s.samples)
     samples = np.concatenate([s.samples for s in speeches])
     samples.flags.writeable = False
-    return SynthesizedSpeech(samples, rate, tuple(words))
+    return SynthesizedSpeech(samples, rate, tuple(words), language)
 
 
 # -- decoder -------------------------------------------------------------------------------------
@@ -307,9 +340,13 @@ _MAX_STORED_MS = 500
 _RAMP_LOSS_MS = 2.0 * (5.0 / 8.0) * _RAMP_MS
 """A raised-cosine ramp of length R carries the energy of 3/8 R of full-level tone."""
 
-_VOCAB_TOKENS = tuple(VOCABULARY)
-_VOCAB_HZ = np.array([VOCABULARY[t] for t in _VOCAB_TOKENS])
-_VOCAB_EFFECTIVE_MS = tuple(burst_ms(t) - _RAMP_LOSS_MS for t in _VOCAB_TOKENS)
+_MIN_PURITY = 0.9
+"""Share of a run's energy within its spectral peak's main lobe: a pure tone (even through a
+resampler, with -40 dBFS noise, or cut short) keeps over 0.99; espeak-ng speech, with its
+harmonics and moving pitch, stayed under 0.81 (a high-pitched voice), broadband noise far under."""
+
+_SLOT_HZ_ARRAY = np.array(_SLOT_HZ)
+_SLOT_EFFECTIVE_MS = tuple(ms - _RAMP_LOSS_MS for ms in _SLOT_BURST_MS)
 
 
 @lru_cache(maxsize=128)
@@ -341,15 +378,25 @@ class ToneDecoder:
 
     Decoding is per 10 ms hop. A hop above -30 dBFS RMS is tone; a run of tone hops ends at the
     first silent hop, or where two loud hops in a row move more than 150 Hz away from the run's
-    frequency (bursts glued together by lost gaps). The run's frequency (one FFT) must be within
-    35 Hz of a vocabulary tone and its energy-equivalent length within 25 ms of the canonical one,
-    else it decodes as ``" <unk>"``, ``" <partial:WORD>"`` or ``" <long:WORD>"``. Runs under
-    30 ms are dropped as clicks.
+    frequency (bursts glued together by lost gaps). A run is a word only if it is a pure tone
+    (over 90 % of its energy in one spectral peak) within 35 Hz of a slot's tone, and its
+    energy-equivalent length is within 25 ms of the slot's. Anything else (real speech, noise, a
+    door slam, a beep, a word whose audio was cut or duplicated on the way in) decodes to
+    nothing, as the real model emits only blanks for what it does not understand. With
+    ``mark_damage=True`` (for debugging), slot tones of the wrong length decode as
+    ``" <partial:WORD>"`` (shorter: audio lost) or ``" <long:WORD>"`` (longer: duplicated).
+    Runs under 30 ms are dropped as clicks.
+
+    Texts are those of ``lexicon(language)``: the tones carry the slot, the language its text.
     """
 
-    def __init__(self, sample_rate: int = 16000) -> None:
+    def __init__(
+        self, sample_rate: int = 16000, *, language: str = "en", mark_damage: bool = False
+    ) -> None:
         if sample_rate <= 0 or sample_rate % 100:
             raise ValueError(f"sample_rate must be a positive multiple of 100, got {sample_rate}")
+        self._lexicon = lexicon(language)
+        self._mark_damage = mark_damage
         self._rate = sample_rate
         self._hop = sample_rate // 100
         self._fed = 0
@@ -397,11 +444,11 @@ class ToneDecoder:
     def pop_tokens(self, before_sample: int) -> list[str]:
         """Remove and return, in order, the decoded tokens whose burst END lies before
         `before_sample` (sample index counted from the first sample ever fed). Token texts:
-        " word" or "." / "," / "?".
+        the language's word texts (``" word"``, ``"."``, ``"公园"``).
 
         A burst's end is exclusive (the first sample after it), so a token is returned when
-        ``end <= before_sample``. Damaged bursts decode as ``" <partial:WORD>"`` (shorter than
-        canonical), ``" <long:WORD>"`` (longer) or ``" <unk>"`` (no vocabulary frequency).
+        ``end <= before_sample``. What is not a slot's tone of the slot's length gives nothing
+        (with ``mark_damage``, wrong lengths give ``" <partial:WORD>"`` / ``" <long:WORD>"``).
         """
         out: list[str] = []
         while self._tokens and self._tokens[0][0] <= before_sample:
@@ -456,22 +503,28 @@ class ToneDecoder:
         duration_ms = run.energy / interior[len(interior) // 2] / self._rate * 1000.0
         if duration_ms < _MIN_RUN_MS:
             return
-        hz = _peak_hz(self._rows[: len(powers)].reshape(-1), self._rate)
-        self._tokens.append((end_hop * self._hop, _classify(hz, duration_ms)))
+        hz, purity = _peak_hz(self._rows[: len(powers)].reshape(-1), self._rate)
+        text = _classify(hz, purity, duration_ms, self._lexicon, self._mark_damage)
+        if text is not None:
+            self._tokens.append((end_hop * self._hop, text))
 
 
-def _classify(hz: float, duration_ms: float) -> str:
-    """Token text for a run of frequency ``hz`` and energy-equivalent length ``duration_ms``."""
-    k = int(np.argmin(np.abs(_VOCAB_HZ - hz)))
-    if abs(_VOCAB_HZ[k] - hz) > _FREQ_TOL_HZ:
-        return " <unk>"
-    token = _VOCAB_TOKENS[k]
-    canonical = _VOCAB_EFFECTIVE_MS[k]
+def _classify(
+    hz: float, purity: float, duration_ms: float, lex: Lexicon, mark_damage: bool
+) -> str | None:
+    """Text for a run of peak frequency ``hz`` whose peak holds ``purity`` of its energy and
+    of energy-equivalent length ``duration_ms``; None when it is not a slot's tone."""
+    if purity < _MIN_PURITY:
+        return None
+    k = int(np.argmin(np.abs(_SLOT_HZ_ARRAY - hz)))
+    if abs(_SLOT_HZ[k] - hz) > _FREQ_TOL_HZ:
+        return None
+    canonical = _SLOT_EFFECTIVE_MS[k]
     if duration_ms < canonical - _DURATION_TOL_MS:
-        return f" <partial:{token}>"
+        return f" <partial:{lex.words[k]}>" if mark_damage else None
     if duration_ms > canonical + _DURATION_TOL_MS:
-        return f" <long:{token}>"
-    return _token_text(token)
+        return f" <long:{lex.words[k]}>" if mark_damage else None
+    return lex.texts[k]
 
 
 def _as_float32(samples: npt.ArrayLike) -> Float32Array:
@@ -486,8 +539,9 @@ def _as_float32(samples: npt.ArrayLike) -> Float32Array:
     raise TypeError(f"expected int16 or float samples, got {a.dtype}")
 
 
-def _peak_hz(x: Float32Array, sample_rate: int) -> float:
-    """Frequency of the strongest spectral peak, interpolated between FFT bins."""
+def _peak_hz(x: Float32Array, sample_rate: int) -> tuple[float, float]:
+    """Frequency of the strongest spectral peak, interpolated between FFT bins, and the share
+    of the energy within that peak's main lobe (1.0 for a pure tone)."""
     n = x.size
     nfft = max(2048, 1 << (n - 1).bit_length())
     spectrum = np.abs(np.fft.rfft(x * _hann(n), nfft))
@@ -495,4 +549,10 @@ def _peak_hz(x: Float32Array, sample_rate: int) -> float:
     a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-12).tolist()
     denom = a - 2.0 * b + c
     delta = 0.5 * (a - c) / denom if denom < 0 else 0.0
-    return (k + delta) * sample_rate / nfft
+    # A Hann window's main lobe spans +-2 bins of the unpadded length; take a little more,
+    # and at least +-25 Hz so that a phase jump (a cut inside a burst) stays inside it.
+    half = max(3, round(2.5 * nfft / n), round(25 * nfft / sample_rate))
+    power = spectrum * spectrum
+    total = float(power.sum()) + 1e-30
+    purity = float(power[max(0, k - half) : k + half + 1].sum()) / total
+    return (k + delta) * sample_rate / nfft, purity
