@@ -608,12 +608,15 @@ async def _open_target(
     if args.emulator:
         from .testing import VLLMRealtimeEmulator
 
-        emu = VLLMRealtimeEmulator(
-            fast=fast,
-            served_model_name=model,
-            transcription_delay_ms=args.delay_ms,
-            record_audio=False,
-        )
+        try:
+            emu = VLLMRealtimeEmulator(
+                fast=fast,
+                served_model_name=model,
+                transcription_delay_ms=args.delay_ms,
+                record_audio=False,
+            )
+        except ImportError as e:  # real-token mode without the [emulator] extra
+            raise CLIError(EXIT_USAGE, str(e)) from None
         await stack.enter_async_context(emu)
         say(EMULATOR_NOTE)
         return _Target(emu.url, model, key, emulator=True)

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .lexicon import LANGUAGES
 from .server import DEFAULT_MODEL, VLLMRealtimeEmulator
 
 
@@ -36,6 +37,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--step-time-s", type=float, default=None, help="per-step compute time")
     serve.add_argument("--vllm-version", default="0.33.0", help="behaviour profile")
     serve.add_argument(
+        "--output",
+        choices=["tokens", "words"],
+        default="tokens",
+        help="tokens: one real Tekken token per step, like the model (needs the [emulator] "
+        "extra); words: a whole word per delta",
+    )
+    serve.add_argument(
+        "--language",
+        choices=list(LANGUAGES),
+        default="en",
+        help="what the tone words stand for (synthesize(..., language=...))",
+    )
+    serve.add_argument(
         "--send-log",
         metavar="FILE",
         help="append send timestamps (JSON lines, time.monotonic()) for latency benchmarks",
@@ -55,6 +69,8 @@ async def _serve(args: argparse.Namespace) -> None:
         fast=args.fast,
         step_time_s=args.step_time_s,
         vllm_version=args.vllm_version,
+        output=args.output,
+        language=args.language,
         record_audio=False,
         record_messages=False,
         send_log=args.send_log,
@@ -86,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -40,11 +40,13 @@ from ..protocol import (
     dump,
 )
 from .speech import ToneDecoder
+from .tokens import TokenStream, require_tokenizer
 
 __all__ = [
     "ENGINE_DEAD_MESSAGE",
     "FinishReason",
     "Generation",
+    "OutputMode",
     "ReceivedMessage",
     "RealtimeEngine",
     "StepMath",
@@ -75,6 +77,10 @@ _MODEL_NOT_VALIDATED = (
 )
 
 FinishReason = Literal["done", "max_model_len", "error", "disconnect"]
+OutputMode = Literal["tokens", "words"]
+"""``"tokens"``: one real Tekken token per step, deltas as vLLM's detokenizer makes them (the
+real model). ``"words"``: a whole word's text in one delta (simpler, friendlier: old tests)."""
+_OUTPUT_MODES = ("tokens", "words")
 
 
 # -- version profiles ----------------------------------------------------------------------
@@ -206,11 +212,20 @@ class StreamingDecoder(Protocol):
         """Feed the next real audio of the generation (int16 or float32)."""
 
     def pop_tokens(self, before_sample: int) -> list[str]:
-        """Tokens (``" word"``, ``"."``...) whose burst ended before that sample index."""
+        """Words' texts (``" word"``, ``"."``...) whose burst ended before that sample index."""
 
 
 def _default_decoder_factory() -> StreamingDecoder:
     return ToneDecoder(sample_rate=SAMPLE_RATE)
+
+
+def check_output_mode(output: str) -> OutputMode:
+    """Validate an output mode; in ``"tokens"`` mode, check that mistral_common is there."""
+    if output not in _OUTPUT_MODES:
+        raise ValueError(f"output must be 'tokens' or 'words', got {output!r}")
+    if output == "tokens":
+        require_tokenizer()
+    return "tokens" if output == "tokens" else "words"
 
 
 # -- inspection records ----------------------------------------------------------------------
@@ -259,10 +274,17 @@ class Generation:
     error: str | None = None
     hung: bool = False
     """0.17-0.24 only: token feedback timed out; no further step and no ``done`` ever."""
+    max_steps: int | None = None
+    """A per-generation max_model_len fault: an unsolicited ``done`` after this many steps."""
+    rut_steps: int = 0
+    """Steps run while in the blank-token rut (only pads emitted, heard words dropped)."""
+    words_heard: list[str] = field(default_factory=list)
+    """Texts of the words the recogniser made out, in order (dropped ones included)."""
     _chunks: list[np.ndarray] = field(default_factory=list, repr=False)
     _arrivals: deque[tuple[int, float]] = field(default_factory=deque, repr=False)
     """(samples available incl. right pad, time they reached the generation), for pacing."""
     _decoder: StreamingDecoder | None = field(default=None, repr=False)
+    _stream: TokenStream | None = field(default=None, repr=False)
     _token_deadline: float | None = field(default=None, repr=False)
 
     @property
@@ -278,6 +300,16 @@ class Generation:
     @property
     def running(self) -> bool:
         return self.finished_reason is None
+
+    @property
+    def tokens(self) -> list[int]:
+        """Token ids emitted, one per step, pads included (empty in ``"words"`` mode)."""
+        return list(self._stream.tokens) if self._stream is not None else []
+
+    @property
+    def pending_tokens(self) -> int:
+        """Tokens heard but not yet emitted (``"tokens"`` mode)."""
+        return self._stream.pending if self._stream is not None else 0
 
     @property
     def audio(self) -> np.ndarray:
@@ -314,7 +346,10 @@ class RealtimeEngine:
         record_messages: bool = True,
         skip_model_name_validation: bool = False,
         engine_iteration_timeout_s: float | None = None,
+        output: OutputMode = "tokens",
+        generation_limit: Callable[[], int | None] | None = None,
     ) -> None:
+        self.output: OutputMode = check_output_mode(output)
         self.served_model_names = tuple(served_model_names)
         self.profile = profile
         self.math = math
@@ -344,6 +379,12 @@ class RealtimeEngine:
         """Set when a < 0.32 generation overran max_model_len: the whole engine must die."""
         self.drop_requested = False
         """Set when an armed drop fault fired: the transport must be aborted after flushing."""
+        self.rut = False
+        """Blank-token rut (vllm#47614) on this connection: every step emits the pad."""
+        self.rut_all = False
+        """The same, set by a server for all of its connections."""
+        self._generation_limit = generation_limit
+        self._next_max_steps: int | None = None
 
         self._decoder_factory = decoder_factory
         self._queue: deque[np.ndarray | None] = deque()
@@ -516,6 +557,12 @@ class RealtimeEngine:
         )
         self.generations.append(gen)
         self._generation = gen
+        limits = [self._next_max_steps]
+        self._next_max_steps = None
+        if self._generation_limit is not None:
+            limits.append(self._generation_limit())
+        if any(n is not None for n in limits):
+            gen.max_steps = min(n for n in limits if n is not None)
         if self.engine_dead:
             # AsyncLLM.generate raises EngineDeadError before reading the stream.
             self._fail(gen, ENGINE_DEAD_MESSAGE, now)
@@ -524,6 +571,8 @@ class RealtimeEngine:
             self._fire_injected_error(gen, now)
             return
         gen._decoder = self._decoder_factory()
+        if self.output == "tokens":
+            gen._stream = TokenStream()
         if self.engine_iteration_timeout_s is not None:
             gen._token_deadline = now + self.engine_iteration_timeout_s
         # A stale sentinel at the head of the queue ends this generation before any audio.
@@ -544,6 +593,8 @@ class RealtimeEngine:
         if not self.profile.stops_at_max_model_len:
             # The step past the limit is scheduled and kills the engine (< 0.32).
             limit += 1
+        if gen.max_steps is not None:
+            limit = min(limit, gen.max_steps)
         return max(0, min(possible, limit) - gen.steps)
 
     def input_ready_at(self) -> float | None:
@@ -581,11 +632,32 @@ class RealtimeEngine:
             self._maybe_finish(now)
         return ran
 
+    @property
+    def in_rut(self) -> bool:
+        """Whether steps emit only pads now (:attr:`rut` or :attr:`rut_all`)."""
+        return self.rut or self.rut_all
+
     def _step(self, gen: Generation, now: float) -> None:
         step = gen.steps
         decoder = gen._decoder
-        tokens = decoder.pop_tokens(STEP_SAMPLES * (step + 1)) if decoder is not None else []
-        delta = "".join(tokens)
+        # Step k's token may reflect the audio up to (k + 1) * 80 ms: it runs once the
+        # transcription delay's worth of audio past that has arrived.
+        words = decoder.pop_tokens(STEP_SAMPLES * (step + 1)) if decoder is not None else []
+        gen.words_heard.extend(words)
+        stream = gen._stream
+        if self.in_rut:
+            # vllm#47614: the model is stuck on the pad; what it heard is never emitted.
+            gen.rut_steps += 1
+            if stream is not None:
+                stream.clear()
+                delta = stream.step(pad=True)
+            else:
+                delta = ""
+        elif stream is not None:
+            stream.add_words(words)
+            delta = stream.step()
+        else:
+            delta = "".join(words)
         gen.deltas.append(delta)
         gen.step_times.append(now)
         self.steps_total += 1
@@ -618,6 +690,12 @@ class RealtimeEngine:
         gen = self._generation
         if gen is None or gen.hung or self.engine_fatal:
             return
+        if gen.max_steps is not None and gen.steps >= gen.max_steps:
+            # A limit the client did not learn: vLLM >= 0.32's unsolicited done.
+            possible = self.math.steps_possible(gen.audio_samples, gen.final_received)
+            limited = not gen.final_received or possible > gen.steps
+            self._finish(gen, "max_model_len" if limited else "done", now)
+            return
         if self.profile.stops_at_max_model_len and gen.steps >= self.math.max_steps:
             # get_input_stream returns before waiting for audio: unsolicited done.
             possible = self.math.steps_possible(gen.audio_samples, gen.final_received)
@@ -647,6 +725,8 @@ class RealtimeEngine:
         gen.finished_reason = reason
         gen.finished_at = now
         gen._decoder = None
+        if not self.record_messages:
+            gen._stream = None
         self._generation = None
         # vLLM clears the queue AFTER sending done: whatever arrived in between is lost.
         self._queue.clear()
@@ -685,6 +765,20 @@ class RealtimeEngine:
     def _fire_injected_error(self, gen: Generation, now: float) -> None:
         self._error_after = None
         self._fail(gen, self._error_message, now)
+
+    def limit_generation(self, steps: int, now: float = 0.0) -> None:
+        """Stop the running generation (or the next one) with an unsolicited ``done`` once it
+        has run ``steps`` steps in all, as vLLM >= 0.32 does at a max_model_len of
+        ``prompt_tokens + steps`` (a limit the client may not know). A running generation
+        already past it stops before its next step."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        gen = self._generation
+        if gen is not None and gen.running:
+            gen.max_steps = steps if gen.max_steps is None else min(gen.max_steps, steps)
+            self._maybe_finish(now)
+        else:
+            self._next_max_steps = steps
 
     def schedule_drop(self, after_steps: int) -> None:
         """Set :attr:`drop_requested` once ``after_steps`` more steps have run."""

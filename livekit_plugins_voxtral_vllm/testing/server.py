@@ -28,7 +28,7 @@ import secrets
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TextIO
@@ -37,18 +37,24 @@ import numpy as np
 from aiohttp import WSMsgType, web
 from aiohttp.typedefs import Handler
 
+from ..protocol import SAMPLE_RATE
 from .engine import (
     Generation,
+    OutputMode,
     RealtimeEngine,
     ReceivedMessage,
     StepMath,
     StreamingDecoder,
     VersionProfile,
-    _default_decoder_factory,
+    check_output_mode,
 )
+from .lexicon import lexicon
+from .speech import ToneDecoder
+from .tokens import preload
 
 __all__ = [
     "DEFAULT_MODEL",
+    "GenerationLimits",
     "EmulatedConnection",
     "EmulatorStats",
     "SendLog",
@@ -67,6 +73,10 @@ _WS_PING_INTERVAL_S = 20.0
 """uvicorn's default ``ws_ping_interval`` (vLLM does not override it)."""
 _SHUTDOWN_CLOSE_CODE = 1012
 """uvicorn closes open WebSockets with 1012 (service restart) on shutdown."""
+
+GenerationLimits = Mapping[int, int] | Callable[[int], "int | None"]
+"""Per-generation max_model_len faults: emulator-wide generation index (0 = the first
+generation any connection started) -> steps before its unsolicited ``done``."""
 
 
 def _json_response(payload: Any, status: int = 200) -> web.Response:
@@ -285,6 +295,25 @@ class EmulatedConnection:
         self.engine.inject_processing_error(message, after_steps, self._emulator._now())
         self._emulator._after_engine_change(self)
 
+    @property
+    def rut(self) -> bool:
+        """The blank-token rut (vllm#47614) on this connection only: while true, every step
+        of its generations sends ``""`` (the pad) whatever it hears, and the words it hears
+        are lost; the socket stays open and healthy. Takes effect at the next step."""
+        return self.engine.rut
+
+    @rut.setter
+    def rut(self, value: bool) -> None:
+        self.engine.rut = bool(value)
+
+    def limit_generation(self, steps: int) -> None:
+        """Per-generation max_model_len fault: the running generation of this connection (or
+        its next one) gets vLLM >= 0.32's unsolicited ``done`` once it has run ``steps``
+        steps (sent ``steps`` deltas)."""
+        self._emulator._check_limits_supported()
+        self.engine.limit_generation(steps, self._emulator._now())
+        self._emulator._after_engine_change(self)
+
     def send_text(self, text: str) -> None:
         """Write an arbitrary text frame, in order with the emulator's own frames."""
         self.engine.send_text(text)
@@ -404,7 +433,16 @@ class VLLMRealtimeEmulator:
             Changeable at runtime (:attr:`step_time_s`); above 0.08 s the server falls
             behind real time and the unbounded queue grows, as an overloaded GPU does.
         vllm_version: behaviour profile (0.17.0 to 0.33.x), see :class:`~.engine.VersionProfile`.
-        decoder_factory: makes one recogniser per generation (default: ``speech.ToneDecoder``).
+        output: ``"tokens"`` (default): like the real model, one real Tekken token per step,
+            each delta as vLLM 0.33's incremental detokenizer makes it (needs the
+            ``[emulator]`` extra: mistral_common). ``"words"``: a whole word per delta.
+        language: what the speaker speaks (:data:`~.lexicon.LANGUAGES`): the text the tone
+            words of ``synthesize(..., language=...)`` stand for. Changeable at runtime
+            (:attr:`language`, for generations that start afterwards). ``session.update``'s
+            ``language`` plays no part, as in vLLM.
+        generation_max_steps: per-generation max_model_len faults, see :attr:`generation_max_steps`.
+        decoder_factory: makes one recogniser per generation (default: a ``speech.ToneDecoder``
+            for :attr:`language`).
         record_audio: keep received audio for inspection (turn off for long soak runs).
         record_messages: keep every received/sent frame per connection (``received``,
             ``sent``); turn off for long soak runs.
@@ -431,6 +469,9 @@ class VLLMRealtimeEmulator:
         fast: bool = False,
         step_time_s: float | None = None,
         vllm_version: str = "0.33.0",
+        output: OutputMode = "tokens",
+        language: str = "en",
+        generation_max_steps: GenerationLimits | None = None,
         decoder_factory: Callable[[], StreamingDecoder] | None = None,
         record_audio: bool = True,
         record_messages: bool = True,
@@ -457,7 +498,16 @@ class VLLMRealtimeEmulator:
         keys = [api_key] if isinstance(api_key, str) else list(api_key or [])
         self._api_key_hashes = [hashlib.sha256(k.encode()).digest() for k in keys]
         self._step_time_s = 0.0 if fast else (0.01 if step_time_s is None else step_time_s)
-        self._decoder_factory = decoder_factory or _default_decoder_factory
+        self.output: OutputMode = check_output_mode(output)
+        lexicon(language)  # validates it
+        self._language = language
+        self._decoder_factory = decoder_factory or self._tone_decoder
+        self._rut = False
+        self._rut_next = 0
+        self._generations_started = 0
+        self._generation_max_steps: GenerationLimits | None = None
+        if generation_max_steps is not None:
+            self.generation_max_steps = generation_max_steps
         self.record_audio = record_audio
         self.record_messages = record_messages
         self.skip_model_name_validation = skip_model_name_validation
@@ -505,6 +555,9 @@ class VLLMRealtimeEmulator:
         """Start listening (on the same port as before after a :meth:`stop`)."""
         if self._runner is not None:
             return
+        if self.output == "tokens":
+            # about 1 s once per process: not inside the first generation's step
+            await asyncio.to_thread(preload)
 
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -680,6 +733,86 @@ class VLLMRealtimeEmulator:
         for conn in self._active:
             self._after_engine_change(conn)
 
+    @property
+    def language(self) -> str:
+        """What the speaker speaks: the text the tone words stand for (one of
+        :data:`~.lexicon.LANGUAGES`). A change applies to generations that start afterwards."""
+        return self._language
+
+    @language.setter
+    def language(self, value: str) -> None:
+        lexicon(value)
+        self._language = value
+
+    def _tone_decoder(self) -> StreamingDecoder:
+        return ToneDecoder(SAMPLE_RATE, language=self._language)
+
+    @property
+    def rut(self) -> bool:
+        """The blank-token rut (vllm#47614) on every connection, current and future: while
+        true, every step sends ``""`` whatever it hears (the words are lost), and sockets stay
+        open. For one socket only, see :attr:`EmulatedConnection.rut` and
+        :meth:`rut_next_connections`."""
+        return self._rut
+
+    @rut.setter
+    def rut(self, value: bool) -> None:
+        self._rut = bool(value)
+        for conn in self.connections:
+            conn.engine.rut_all = self._rut
+
+    def rut_next_connections(self, count: int = 1) -> None:
+        """The next ``count`` connections accepted are in the rut from their first step (for
+        clients that open their sockets themselves); later ones are healthy."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self._rut_next = count
+
+    @property
+    def generation_max_steps(self) -> GenerationLimits | None:
+        """Per-generation max_model_len faults (vLLM >= 0.32 profiles): a mapping from the
+        emulator-wide generation index (0 = the first generation any connection started, in
+        the order commits started them) to a step count, or a callable taking that index and
+        returning a step count or None. Generation *i* sends that many deltas, then an
+        unsolicited ``done`` (finish reason ``max_model_len``), as if the server's
+        max_model_len were ``prompt_tokens + steps`` for it. Read when a generation starts."""
+        return self._generation_max_steps
+
+    @generation_max_steps.setter
+    def generation_max_steps(self, value: GenerationLimits | None) -> None:
+        if value is not None:
+            self._check_limits_supported()
+            if not callable(value):
+                bad = {i: n for i, n in value.items() if not (isinstance(n, int) and n >= 1)}
+                if bad:
+                    raise ValueError(f"generation_max_steps needs step counts >= 1, got {bad}")
+        self._generation_max_steps = value
+
+    @property
+    def generations_started(self) -> int:
+        """Generations started on all connections so far (the next one's index)."""
+        return self._generations_started
+
+    def _check_limits_supported(self) -> None:
+        if not self.profile.stops_at_max_model_len:
+            raise ValueError(
+                f"per-generation max_model_len faults model vLLM >= 0.32's unsolicited done; "
+                f"vLLM {self.profile.version} dies at max_model_len instead (use max_model_len=)"
+            )
+
+    def _next_generation_limit(self) -> int | None:
+        index = self._generations_started
+        self._generations_started += 1
+        limits = self._generation_max_steps
+        if limits is None:
+            return None
+        if callable(limits):
+            steps = limits(index)
+            if steps is not None and steps < 1:
+                raise ValueError(f"generation_max_steps({index}) gave {steps}: must be >= 1")
+            return steps
+        return limits.get(index)
+
     def drop_all(self, after_steps: int | None = None) -> None:
         """:meth:`EmulatedConnection.drop` on every open connection."""
         for conn in list(self._active):
@@ -772,6 +905,8 @@ class VLLMRealtimeEmulator:
             profile=self.profile,
             math=self.math,
             decoder_factory=self._decoder_factory,
+            output=self.output,
+            generation_limit=self._next_generation_limit,
             session_id=f"sess-{_random_hex16()}",
             created=int(time.time()),
             now=now,
@@ -780,6 +915,10 @@ class VLLMRealtimeEmulator:
             skip_model_name_validation=self.skip_model_name_validation,
             engine_iteration_timeout_s=self.engine_iteration_timeout_s,
         )
+        engine.rut_all = self._rut
+        if self._rut_next > 0:
+            self._rut_next -= 1
+            engine.rut = True
         if self._engine_dead:
             engine.kill_engine(now)
         conn = EmulatedConnection(self, engine, ws, request, now)

@@ -12,6 +12,10 @@ from pathlib import Path
 import aiohttp
 from websockets.asyncio.client import connect
 
+from livekit_plugins_voxtral_vllm.protocol import COMMIT, COMMIT_FINAL, encode_append_pcm
+from livekit_plugins_voxtral_vllm.testing import synthesize
+from livekit_plugins_voxtral_vllm.testing.server import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -38,6 +42,8 @@ async def test_serve_until_ctrl_c() -> None:
         "2048",
         "--vllm-version",
         "0.30.1",
+        "--language",
+        "fr",
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -54,6 +60,19 @@ async def test_serve_until_ctrl_c() -> None:
                 assert (await resp.json())["data"][0]["max_model_len"] == 2048
         async with connect(f"ws://127.0.0.1:{port}/v1/realtime", additional_headers=headers) as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
+            # --language fr, real tokens by default
+            speech = synthesize("bonjour Zoë ?", language="fr")
+            await ws.send(json.dumps({"type": "session.update", "model": DEFAULT_MODEL}))
+            await ws.send(COMMIT)
+            await ws.send(encode_append_pcm(speech.samples))
+            await ws.send(COMMIT_FINAL)
+            deltas: list[str] = []
+            while (event := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != (
+                "transcription.done"
+            ):
+                deltas.append(event["delta"])
+            assert event["text"] == " bonjour Zoë ?"
+            assert [d for d in deltas if d] == [" bon", "jour", " Zo", "ë", " ?"]
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
     finally:
