@@ -279,7 +279,8 @@ class Generation:
     rut_steps: int = 0
     """Steps run while in the blank-token rut (only pads emitted, heard words dropped)."""
     words_heard: list[str] = field(default_factory=list)
-    """Texts of the words the recogniser made out, in order (dropped ones included)."""
+    """Texts of the words the recogniser made out, in order (dropped ones included; kept only
+    when the engine records messages)."""
     _chunks: list[np.ndarray] = field(default_factory=list, repr=False)
     _arrivals: deque[tuple[int, float]] = field(default_factory=deque, repr=False)
     """(samples available incl. right pad, time they reached the generation), for pacing."""
@@ -303,7 +304,8 @@ class Generation:
 
     @property
     def tokens(self) -> list[int]:
-        """Token ids emitted, one per step, pads included (empty in ``"words"`` mode)."""
+        """Token ids emitted, one per step, pads included (empty in ``"words"`` mode, or when
+        the engine does not record messages)."""
         return list(self._stream.tokens) if self._stream is not None else []
 
     @property
@@ -383,6 +385,9 @@ class RealtimeEngine:
         """Blank-token rut (vllm#47614) on this connection: every step emits the pad."""
         self.rut_all = False
         """The same, set by a server for all of its connections."""
+        self.hold_steps = 0
+        """``"tokens"`` mode: the model holds what it hears for this many steps, then releases
+        it in a burst (one token per step), as it does under load and after pauses."""
         self._generation_limit = generation_limit
         self._next_max_steps: int | None = None
 
@@ -572,7 +577,7 @@ class RealtimeEngine:
             return
         gen._decoder = self._decoder_factory()
         if self.output == "tokens":
-            gen._stream = TokenStream()
+            gen._stream = TokenStream(record=self.record_messages)
         if self.engine_iteration_timeout_s is not None:
             gen._token_deadline = now + self.engine_iteration_timeout_s
         # A stale sentinel at the head of the queue ends this generation before any audio.
@@ -643,7 +648,8 @@ class RealtimeEngine:
         # Step k's token may reflect the audio up to (k + 1) * 80 ms: it runs once the
         # transcription delay's worth of audio past that has arrived.
         words = decoder.pop_tokens(STEP_SAMPLES * (step + 1)) if decoder is not None else []
-        gen.words_heard.extend(words)
+        if self.record_messages:
+            gen.words_heard.extend(words)
         stream = gen._stream
         if self.in_rut:
             # vllm#47614: the model is stuck on the pad; what it heard is never emitted.
@@ -654,7 +660,7 @@ class RealtimeEngine:
             else:
                 delta = ""
         elif stream is not None:
-            stream.add_words(words)
+            stream.add_words(words, self.hold_steps)
             delta = stream.step()
         else:
             delta = "".join(words)

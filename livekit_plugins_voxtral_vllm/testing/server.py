@@ -503,6 +503,7 @@ class VLLMRealtimeEmulator:
         self._language = language
         self._decoder_factory = decoder_factory or self._tone_decoder
         self._rut = False
+        self._hold_steps = 0
         self._rut_next = 0
         self._generations_started = 0
         self._generation_max_steps: GenerationLimits | None = None
@@ -761,6 +762,23 @@ class VLLMRealtimeEmulator:
         for conn in self.connections:
             conn.engine.rut_all = self._rut
 
+    @property
+    def hold_s(self) -> float:
+        """``output="tokens"``: how long the model holds the text it hears before releasing
+        it in a burst, one token per step (0: it releases each word from the step that covers
+        its end, the default). The real model holds text under load and after pauses; a burst
+        makes word times hard to tell. Rounded down to whole 80 ms steps; applies to every
+        connection from its next step."""
+        return self._hold_steps * 0.08
+
+    @hold_s.setter
+    def hold_s(self, value: float) -> None:
+        if not value >= 0:
+            raise ValueError(f"hold_s must be >= 0, got {value}")
+        self._hold_steps = int(value / 0.08 + 1e-9)
+        for conn in self.connections:
+            conn.engine.hold_steps = self._hold_steps
+
     def rut_next_connections(self, count: int = 1) -> None:
         """The next ``count`` connections accepted are in the rut from their first step (for
         clients that open their sockets themselves); later ones are healthy."""
@@ -916,6 +934,7 @@ class VLLMRealtimeEmulator:
             engine_iteration_timeout_s=self.engine_iteration_timeout_s,
         )
         engine.rut_all = self._rut
+        engine.hold_steps = self._hold_steps
         if self._rut_next > 0:
             self._rut_next -= 1
             engine.rut = True

@@ -177,34 +177,53 @@ class TokenStream:
     """One generation's output: words in, one token per step out, deltas as vLLM sends them.
 
     Words whose audio has been heard are queued as their tokens (:meth:`add_words`); each
-    :meth:`step` emits the oldest queued token, or the pad when none is queued. So a word of
-    several tokens, or words close together, come out one token per step, later than the
-    audio, as the real model holds text and releases it.
+    :meth:`step` emits the oldest queued token, or the pad when none is queued (or it is held).
+    So a word of several tokens, or words close together, come out one token per step, later
+    than the audio, as the real model holds text and releases it.
+
+    ``hold_steps`` > 0 makes the model hold text longer, as it does under load and after
+    pauses: the first word heard opens a hold of that many steps, every word heard before it
+    ends joins it, and when it ends the whole lot comes out in a burst, one token per step.
     """
 
-    def __init__(self) -> None:
-        self._queue: deque[int] = deque()
+    def __init__(self, record: bool = True) -> None:
+        self._queue: deque[tuple[int, int]] = deque()  # (token, first step it may go out)
         self._detok = IncrementalDetokenizer()
+        self._hold_until = 0
+        self._record = record
+        self.steps = 0
         self.tokens: list[int] = []
-        """Every token emitted, pads included (one per step)."""
+        """Every token emitted, pads included (one per step), if ``record``."""
 
     @property
     def pending(self) -> int:
         """Tokens queued and not yet emitted."""
         return len(self._queue)
 
-    def add_words(self, texts: Iterable[str]) -> None:
+    def add_words(self, texts: Iterable[str], hold_steps: int = 0) -> None:
+        """Queue the tokens of words heard by the coming step."""
+        step = self.steps
         for text in texts:
-            self._queue.extend(encode(text))
+            if hold_steps > 0 and self._hold_until <= step:
+                self._hold_until = step + hold_steps
+            release = self._hold_until if hold_steps > 0 else step
+            self._queue.extend((token, release) for token in encode(text))
 
     def clear(self) -> None:
         """Forget the queued tokens (a rut: the model never emits them)."""
         self._queue.clear()
 
     def step(self, pad: bool = False) -> str:
-        """Emit one token (the pad if ``pad`` or nothing is queued); returns its delta."""
-        token = PAD_ID if pad or not self._queue else self._queue.popleft()
-        self.tokens.append(token)
+        """Emit one token (the pad if ``pad``, or if nothing is queued and released); returns
+        its delta."""
+        queue = self._queue
+        if not pad and queue and queue[0][1] <= self.steps:
+            token = queue.popleft()[0]
+        else:
+            token = PAD_ID
+        self.steps += 1
+        if self._record:
+            self.tokens.append(token)
         return self._detok.step(token)
 
 

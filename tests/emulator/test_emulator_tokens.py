@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from livekit_plugins_voxtral_vllm.protocol import COMMIT, COMMIT_FINAL, encode_append_pcm
 from livekit_plugins_voxtral_vllm.testing import (
@@ -27,6 +30,8 @@ from livekit_plugins_voxtral_vllm.testing.tokens import (
     expected_deltas,
     load_tokenizer,
 )
+
+_ALL_TEXTS = [t for lang in LANGUAGES for t in lexicon(lang).texts]
 
 UPDATE = '{"type":"session.update","model":"m"}'
 STEP = 1280
@@ -118,6 +123,19 @@ class TestDetokenizer:
             assert "".join(deltas) == text
             assert all("\ufffd" not in d for d in deltas)
         assert detok.text == "".join(lex.texts)
+
+    @settings(max_examples=80, deadline=None)
+    @given(
+        st.lists(st.tuples(st.sampled_from(_ALL_TEXTS), st.integers(0, 3)), min_size=1, max_size=12)
+    )
+    def test_any_stream_of_words_and_pads_reassembles(self, items: list[tuple[str, int]]) -> None:
+        detok = IncrementalDetokenizer()
+        deltas: list[str] = []
+        for text, pads in items:
+            deltas += [detok.step(i) for i in encode(text)]
+            deltas += [detok.step(PAD_ID) for _ in range(pads)]
+        assert "".join(deltas) == "".join(text for text, _ in items)
+        assert all("\ufffd" not in d for d in deltas)
 
     def test_bundled_tokenizer(self) -> None:
         tok = load_tokenizer()
@@ -387,3 +405,92 @@ def test_missing_mistral_common_names_the_extra(monkeypatch: pytest.MonkeyPatch)
     VLLMRealtimeEmulator(output="words")  # the whole-word mode needs nothing
     with pytest.raises(ValueError, match=r"output must be 'tokens' or 'words', got 'bytes'"):
         VLLMRealtimeEmulator(output="bytes")  # type: ignore[arg-type]
+
+
+_VOICES = {
+    "en": "Good morning everyone, the meeting starts now. Can you hear me? Twenty twenty six.",
+    "fr": "Bonjour à tous, la réunion commence maintenant. Vous m'entendez ?",
+    "de": "Guten Morgen, die Besprechung beginnt jetzt. Hört ihr mich?",
+    "cmn": "大家好，会议现在开始。我们在公园散步吧。",
+    "ja": "こんにちは、会議が始まります。",
+}
+
+
+def _espeak(voice: str, text: str) -> np.ndarray:
+    """Real synthetic speech from espeak-ng, at 16 kHz."""
+    import io
+    import shutil
+    import subprocess
+    import wave
+
+    import soxr
+
+    if shutil.which("espeak-ng") is None:
+        if os.environ.get("CI"):
+            pytest.fail("espeak-ng is missing in CI (.ci/run installs it)")
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True, timeout=30
+    ).stdout
+    with wave.open(io.BytesIO(wav)) as w:
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    out = soxr.resample(pcm.astype(np.float32) / 32768, rate, 16000)
+    return np.clip(np.round(out * 32767), -32768, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("voice", list(_VOICES))
+def test_real_voice_gives_empty_deltas(voice: str) -> None:
+    speech = _espeak(voice, _VOICES[voice])
+    for gain in (1.0, 3.0):  # as recorded, and loud (clipping)
+        x = np.clip(speech.astype(np.float64) * gain, -32768, 32767).astype(np.int16)
+        for output in ("tokens", "words"):
+            gen = transcribe(make("en", output=output), x)
+            assert gen.steps > 20
+            assert set(gen.deltas) == {""}, (voice, gain, output)
+
+
+def test_hold_releases_words_in_a_burst() -> None:
+    speech = synthesize("the meeting starts now . <pause:2000> okay", tail_ms=1500, language="en")
+    engine = make("en")
+    engine.hold_steps = 25  # 2 s
+    gen = transcribe(engine, speech.samples)
+    assert gen.done_text == speech.text
+    text_steps = [k for k, t in enumerate(gen.tokens) if t != PAD_ID]
+    end_steps = [-(-round(w.end_s * 16000) // STEP) - 1 for w in speech.words]
+    # the first four words and "." come out together, 2 s after the first was heard
+    assert text_steps[:5] == list(range(end_steps[0] + 25, end_steps[0] + 30))
+    assert text_steps[4] > end_steps[4] + 10
+    # "okay", heard after the burst, opens a new hold
+    assert text_steps[5] == end_steps[5] + 25
+
+
+async def test_hold_over_the_wire() -> None:
+    from livekit_plugins_voxtral_vllm.testing import VLLMRealtimeEmulator
+
+    from .support import open_client
+
+    speech = synthesize("hello everyone, the meeting starts now.", tail_ms=3000)
+    async with VLLMRealtimeEmulator(fast=True) as emu:
+        emu.hold_s = 2.4  # the sentence lasts 2.3 s
+        assert emu.hold_s == pytest.approx(2.4)
+        client = await open_client(emu)
+        deltas, done = await client.transcribe(speech.samples)
+        assert done["text"] == speech.text
+        first = next(k for k, d in enumerate(deltas) if d)
+        assert all(deltas[first : first + len(speech.words)])  # one burst, no pad inside
+        with pytest.raises(ValueError, match="hold_s must be >= 0"):
+            emu.hold_s = -1
+
+
+def test_nothing_kept_per_step_when_not_recording() -> None:
+    engine = RealtimeEngine(
+        served_model_names=["m"],
+        profile=VersionProfile.for_version("0.33.0"),
+        math=StepMath(),
+        record_messages=False,
+    )
+    engine.receive_text(UPDATE)
+    gen = transcribe(engine, synthesize("it is 2026").samples)
+    assert gen.done_text == " it is 2026"
+    assert gen.tokens == [] and gen.words_heard == []
