@@ -84,6 +84,8 @@ class RealtimeConnection:
         self._generation = 0
         self._steps = 0
         self._samples_sent = 0
+        self._first = first_step_samples(transcription_delay_ms)
+        self._cut = self._first  # where the next append ends, in samples into the generation
         self._pending = np.zeros(0, dtype=np.int16)
         self._expected = 0  # expected_steps, kept current: it is read several times per step
         self._to_send: list[str] = []
@@ -165,13 +167,15 @@ class RealtimeConnection:
         self._generation += 1
         self._steps = 0
         self._samples_sent = 0
+        self._cut = self._first
         self._expected = 0
         self.generation_state = GenerationState.RUNNING
         self._to_send.append(protocol.COMMIT)
         self._events.append(GenerationStarted(self._generation))
 
     def send_audio(self, samples: np.ndarray) -> None:
-        """Queue 16 kHz mono int16 audio for the running generation, sent in 80 ms chunks.
+        """Queue 16 kHz mono int16 audio for the running generation, sent in appends that each
+        complete one step (the first ``delay + 80 ms + 2.5 ms``, then 80 ms each).
 
         Raises:
             InvalidState: unless a generation is RUNNING (audio between ``final`` and ``done``
@@ -189,15 +193,32 @@ class RealtimeConnection:
             return
         self._samples_sent += int(samples.size)
         pending = np.concatenate((self._pending, samples)) if self._pending.size else samples
-        whole = (pending.size // STEP_SAMPLES) * STEP_SAMPLES
-        if whole:
-            # One append per 80 ms step keeps vLLM's buffer in step with ours.
-            data = pending[:whole].astype("<i2", copy=False).tobytes()
-            step_bytes = STEP_SAMPLES * 2
-            for i in range(0, len(data), step_bytes):
-                self._to_send.append(protocol.encode_append(data[i : i + step_bytes]))
-        self._pending = pending[whole:].copy() if whole < pending.size else _EMPTY
+        start = self._samples_sent - pending.size  # where pending[0] lies in the generation
+        end = self._samples_sent
+        cut = self._cut
+        if end >= cut:
+            # Each append ends where a step's audio is complete (the first step needs
+            # delay + 80 ms + 2.5 ms, each later one 80 ms more), so vLLM can run the step the
+            # moment the append arrives: one append per step, none waiting for the next.
+            last = cut + (end - cut) // STEP_SAMPLES * STEP_SAMPLES
+            data = pending[: last - start].astype("<i2", copy=False).tobytes()
+            i = 0
+            for boundary in range(cut, last + 1, STEP_SAMPLES):
+                j = 2 * (boundary - start)
+                self._to_send.append(protocol.encode_append(data[i:j]))
+                i = j
+            self._cut = last + STEP_SAMPLES
+            pending = pending[last - start :]
+            self._pending = pending.copy() if pending.size else _EMPTY
+        else:
+            self._pending = pending if pending is not samples else samples.copy()
         self._update_expected()
+
+    @property
+    def next_step_samples(self) -> int:
+        """Audio (samples into the generation) that completes the next step vLLM can run:
+        the point where the next append will be cut."""
+        return self._cut
 
     def finish_generation(self, now: float) -> None:
         """Send the unsent remainder and ``final: true``: the server pads and sends ``done``.

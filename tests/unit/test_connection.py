@@ -47,6 +47,7 @@ Frame = dict[str, object]
 
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 STEP = 1280  # samples per 80 ms engine step
+FIRST = 9000  # audio before the first step at 480 ms: delay + 80 ms + 2.5 ms (§3.2)
 TICK = 0.08
 
 # -- server frames, exactly as vLLM 0.33 writes them (§1.2) ----------------------------------------
@@ -358,45 +359,74 @@ class TestStartGeneration:
 
 
 class TestSendAudio:
-    """§1.1 append, §3.1 chunk size: one 1280-sample (80 ms) append per engine step"""
+    """§1.1 append, §3.1 chunk size, §3.2 steps: each append ends where a step's audio is
+    complete (the first step needs delay + 80 ms + 2.5 ms, each later one 80 ms more), so vLLM
+    runs the step the moment it arrives"""
 
-    def test_whole_steps_are_sent_and_the_remainder_carried(self) -> None:
+    def test_appends_end_where_steps_are_complete_and_the_remainder_is_carried(self) -> None:
         conn = running()
-        audio = pcm(5000)
-        conn.send_audio(audio[:3000])
-        assert_sent(conn, [append(audio[:1280]), append(audio[1280:2560])])
-        assert conn.samples_sent == 3000
-        conn.send_audio(audio[3000:4000])  # 440 carried + 1000 = one step and 160 over
-        assert_sent(conn, [append(audio[2560:3840])])
-        conn.send_audio(audio[4000:5000])  # 160 carried + 1000: less than a step
+        audio = pcm(FIRST + 2000)
+        conn.send_audio(audio[: FIRST - 100])  # the first step is not complete yet
         assert_nothing_sent(conn)
-        assert conn.samples_sent == 5000
+        assert conn.next_step_samples == FIRST
+        conn.send_audio(audio[FIRST - 100 : FIRST + 1500])  # completes it and the second
+        assert_sent(conn, [append(audio[:FIRST]), append(audio[FIRST : FIRST + STEP])])
+        assert conn.samples_sent == FIRST + 1500
+        assert conn.next_step_samples == FIRST + 2 * STEP
+        conn.send_audio(audio[FIRST + 1500 :])  # 220 carried + 500: less than a step
+        assert_nothing_sent(conn)
+        assert conn.samples_sent == FIRST + 2000
         conn.finish_generation(TICK)
-        assert_sent(conn, [append(audio[3840:5000]), COMMIT_FINAL])
+        assert_sent(conn, [append(audio[FIRST + STEP :]), COMMIT_FINAL])
         assert_events(conn, [])
+
+    def test_a_step_runs_on_the_append_that_completes_it(self) -> None:
+        conn = running()
+        conn.send_audio(pcm(FIRST - 1))
+        assert conn.expected_steps == 0
+        conn.send_audio(pcm(1))
+        assert len(conn.data_to_send()) == 1
+        assert conn.expected_steps == 1
+        conn.send_audio(pcm(STEP))
+        assert len(conn.data_to_send()) == 1
+        assert conn.expected_steps == 2
 
     def test_exact_base64_of_little_endian_int16(self) -> None:
         conn = running()
-        samples = np.zeros(STEP, dtype=np.int16)
+        samples = np.zeros(FIRST, dtype=np.int16)
         samples[:4] = [1, -2, 32767, -32768]
         conn.send_audio(samples)
         frame = json.loads(conn.data_to_send()[0])
         raw = base64.b64decode(frame["audio"])
         assert raw[:8] == b"\x01\x00\xfe\xff\xff\x7f\x00\x80"
-        assert raw[8:] == bytes(2 * STEP - 8)
+        assert raw[8:] == bytes(2 * FIRST - 8)
 
     def test_big_endian_input_is_sent_little_endian(self) -> None:
         conn = running()
-        samples = pcm(STEP + 7)
+        samples = pcm(FIRST + 7)
         conn.send_audio(samples.astype(">i2"))
         conn.finish_generation(TICK)
-        assert_sent(conn, [append(samples[:STEP]), append(samples[STEP:]), COMMIT_FINAL])
+        assert_sent(conn, [append(samples[:FIRST]), append(samples[FIRST:]), COMMIT_FINAL])
 
     def test_one_call_may_carry_many_steps(self) -> None:
         conn = running()
-        audio = pcm(10 * STEP)
+        audio = pcm(FIRST + 10 * STEP)
         conn.send_audio(audio)
-        assert_sent(conn, [append(audio[i * STEP : (i + 1) * STEP]) for i in range(10)])
+        assert_sent(
+            conn,
+            [append(audio[:FIRST])]
+            + [append(audio[FIRST + i * STEP : FIRST + (i + 1) * STEP]) for i in range(10)],
+        )
+
+    @pytest.mark.parametrize("delay_ms", [80, 480, 960, 2400])
+    def test_the_first_append_follows_the_delay(self, delay_ms: int) -> None:
+        conn = RealtimeConnection(model=MODEL, transcription_delay_ms=delay_ms)
+        conn.receive_text(SESSION_CREATED, 0.0)
+        conn.start_generation(0.0)
+        conn.data_to_send()
+        first = (delay_ms // 80 + 1) * STEP + 40
+        conn.send_audio(pcm(first + STEP))
+        assert [decode(json.loads(f)).size for f in conn.data_to_send()] == [first, STEP]
 
     def test_empty_audio_changes_nothing(self) -> None:
         conn = running()
@@ -406,8 +436,8 @@ class TestSendAudio:
 
     def test_the_carried_remainder_does_not_alias_the_callers_buffer(self) -> None:
         conn = running()
-        buf = pcm(STEP + 100)
-        expected = buf[STEP:].copy()
+        buf = pcm(FIRST + 100)
+        expected = buf[FIRST:].copy()
         conn.send_audio(buf)
         conn.data_to_send()
         buf[:] = 0  # the caller reuses its buffer
@@ -433,10 +463,10 @@ class TestSendAudio:
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
-        audio=hnp.arrays(np.int16, st.integers(0, 6 * STEP)),
-        cuts=st.lists(st.integers(0, 6 * STEP), max_size=8),
+        audio=hnp.arrays(np.int16, st.integers(0, FIRST + 6 * STEP)),
+        cuts=st.lists(st.integers(0, FIRST + 6 * STEP), max_size=8),
     )
-    def test_any_split_gives_whole_steps_then_one_shorter_last_append(
+    def test_any_split_gives_one_append_per_step_then_the_rest(
         self, audio: Int16Array, cuts: list[int]
     ) -> None:
         conn = running()
@@ -448,9 +478,12 @@ class TestSendAudio:
         frames = [json.loads(f) for f in conn.data_to_send()]
         assert frames[-1] == COMMIT_FINAL
         chunks = [decode(f) for f in frames[:-1]]
-        assert [c.size for c in chunks] == [STEP] * (audio.size // STEP) + (
-            [audio.size % STEP] if audio.size % STEP else []
-        )
+        if audio.size < FIRST:
+            sizes = [audio.size] if audio.size else []
+        else:
+            rest = audio.size - FIRST
+            sizes = [FIRST] + [STEP] * (rest // STEP) + ([rest % STEP] if rest % STEP else [])
+        assert [c.size for c in chunks] == sizes
         sent = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
         np.testing.assert_array_equal(sent, audio)
 
@@ -460,21 +493,21 @@ class TestFinishGeneration:
 
     def test_flushes_the_remainder_as_a_shorter_last_append_then_final(self) -> None:
         conn = running()
-        audio = pcm(STEP + 300)
+        audio = pcm(FIRST + 300)
         conn.send_audio(audio)
-        assert_sent(conn, [append(audio[:STEP])])
+        assert_sent(conn, [append(audio[:FIRST])])
         conn.finish_generation(TICK)
         assert conn.data_to_send() == [
-            json.dumps(append(audio[STEP:]), separators=(",", ":")),
+            json.dumps(append(audio[FIRST:]), separators=(",", ":")),
             '{"type":"input_audio_buffer.commit","final":true}',
         ]
         assert conn.generation_state is GenerationState.FINALIZING
-        assert conn.samples_sent == STEP + 300
+        assert conn.samples_sent == FIRST + 300
         assert_events(conn, [])
 
     def test_no_remainder_means_final_only(self) -> None:
         conn = running()
-        conn.send_audio(pcm(2 * STEP))
+        conn.send_audio(pcm(FIRST + 2 * STEP))
         conn.data_to_send()
         conn.finish_generation(TICK)
         assert_sent(conn, [COMMIT_FINAL])
@@ -637,9 +670,7 @@ class TestRequestedDone:
         assert_sent(
             conn,
             [
-                append(audio[:STEP]),
-                append(audio[STEP : 2 * STEP]),
-                append(audio[2 * STEP :]),
+                append(audio),
                 COMMIT_FINAL,
             ],
         )
@@ -957,8 +988,8 @@ class TestClientBugErrors:
         conn.receive_text(error("Invalid audio data", "invalid_audio"), TICK)
         conn.receive_text(DELTA_EMPTY, 2 * TICK)
         assert conn.events_received()[-1] == DeltaReceived(1, 0, "")
-        conn.send_audio(pcm(STEP))
-        assert_sent(conn, [append(pcm(STEP))])
+        conn.send_audio(pcm(FIRST))
+        assert_sent(conn, [append(pcm(FIRST))])
 
 
 class TestMalformedFrames:
@@ -1128,11 +1159,13 @@ class TestStepAccounting:
 
     def test_the_unsent_remainder_does_not_count(self) -> None:
         conn = running()
-        conn.send_audio(pcm(9000))  # 7 steps sent, 40 samples carried
-        assert conn.samples_sent == 9000
+        conn.send_audio(pcm(FIRST - 1))  # one sample short of the first step: carried
+        assert conn.samples_sent == FIRST - 1
         assert conn.expected_steps == 0
-        conn.finish_generation(TICK)
+        conn.send_audio(pcm(STEP))  # the first step's append goes; the second is carried
         assert conn.expected_steps == 1
+        conn.finish_generation(TICK)
+        assert conn.expected_steps == 1  # flushed, but still a sample short of step 2
 
     def test_no_lag_unless_running(self) -> None:
         conn = running()
@@ -1148,9 +1181,9 @@ class TestStepAccounting:
         conn.finish_generation(TICK)
         assert conn.expected_steps == 1
         conn = running(transcription_delay_ms=2400)
-        conn.send_audio(pcm(39720))
+        conn.send_audio(pcm(39719))
         assert conn.expected_steps == 0
-        conn.finish_generation(TICK)
+        conn.send_audio(pcm(1))
         assert conn.expected_steps == 1
 
 
