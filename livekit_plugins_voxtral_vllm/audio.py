@@ -1,5 +1,5 @@
 """The audio path: a LiveKit ``rtc.AudioFrame`` of any rate and layout → 16 kHz mono int16 →
-exact 80 ms chunks for ``protocol.encode_append_pcm``.
+chunks released where the live generation's steps are complete (``AudioPipeline``).
 
 vLLM trusts the bytes it gets (vllm-realtime.md §3.1): no resampling, no channel handling, no
 negotiation. A wrong rate or interleaved stereo produces garbage text and never an error, so
@@ -7,11 +7,11 @@ every frame goes through here first.
 
 The order is downmix, then resample: a resampler works on each interleaved channel separately
 (it never downmixes), so resampling first would do the work once per channel and tie the stream
-to the first frame's layout. Resampling is soxr's (quality HQ, as LiveKit's own resampler);
-nothing here is DSP beyond averaging channels.
+to the first frame's layout. Resampling is :mod:`.resampling`'s low-latency FIR for the rates
+LiveKit delivers, else soxr's (quality HQ, as LiveKit's own resampler).
 
-Samples are the clock. soxr compensates its filter delay, so 16 kHz output sample ``n`` is
-input time ``n / 16000`` s. Every stage counts ``samples_in`` and ``samples_out``; a chunk
+Samples are the clock. Both resamplers compensate their filter delay, so 16 kHz output sample
+``n`` is input time ``n / 16000`` s. Every stage counts ``samples_in`` and ``samples_out``; a chunk
 returned when ``samples_out`` was ``p`` covers 16 kHz samples ``[p, p + len(chunk))``.
 
 Nothing here touches a socket, a clock or asyncio.
@@ -27,6 +27,7 @@ import soxr
 from livekit import rtc
 
 from .protocol import SAMPLE_RATE, STEP_SAMPLES
+from .resampling import FirResampler, supports
 
 __all__ = [
     "Int16Array",
@@ -347,42 +348,103 @@ class StepChunker:
 
 
 class AudioPipeline:
-    """``to_mono_int16`` → ``MonoResampler`` → ``StepChunker`` for a stream of frames.
+    """``to_mono_int16`` → resampling to 16 kHz → chunks released at the points the caller
+    sets, for a stream of frames.
 
-    One per stream. Chunks are consecutive on the 16 kHz clock: until the first ``flush``,
-    chunk ``k`` covers samples ``[k * 1280, (k + 1) * 1280)``.
+    One per stream. Chunks are consecutive on the 16 kHz clock. A chunk is released as soon as
+    the audio reaches :attr:`cut` (an absolute 16 kHz sample: the glue sets it to where the live
+    generation's next step is complete), and holds everything resampled by then; with no
+    ``cut`` ahead, at every multiple of 80 ms of the stream.
 
-    By default soxr is called when a chunk can be completed (``MonoResampler`` with
-    ``align_samples``); ``min_push_ms`` selects fixed-size gathering instead.
+    Resampling: :class:`~.resampling.FirResampler` for the rates LiveKit delivers (48, 24,
+    32 kHz...; 1.3 ms of delay, computed only when a chunk can be released), soxr for others
+    (``MonoResampler``, called on every frame), none at 16 kHz. ``min_push_ms`` forces soxr
+    with that gathering for every rate (for comparisons).
     """
 
-    __slots__ = ("resampler", "chunker")
+    __slots__ = ("_min_push_ms", "_rate", "_fir", "_soxr", "_parts", "_held", "cut", "samples_out")
 
     def __init__(self, *, min_push_ms: int | None = None) -> None:
-        if min_push_ms is None:
-            self.resampler = MonoResampler(align_samples=STEP_SAMPLES)
-        else:
-            self.resampler = MonoResampler(min_push_ms=min_push_ms)
-        self.chunker = StepChunker()
+        self._min_push_ms = min_push_ms
+        self._rate: int | None = None
+        self._fir: FirResampler | None = None
+        self._soxr: MonoResampler | None = None
+        self._parts: list[Int16Array] = []
+        self._held = 0
+        self.cut: int | None = None
+        """Release a chunk once the audio reaches this 16 kHz sample (None, or a sample
+        already passed: at the next multiple of 80 ms)."""
+        self.samples_out = 0
+        """16 kHz samples returned so far: the stream position of the next chunk."""
+
+    @property
+    def held_samples(self) -> int:
+        """Resampled audio waiting for the next release."""
+        return self._held
+
+    def _start(self, rate: int) -> None:
+        if self._rate is not None:
+            raise ValueError(
+                f"input sample rate changed from {self._rate} Hz to {rate} Hz "
+                "mid-stream; one stream resamples from one rate: create a new stream "
+                "for the new rate"
+            )
+        if rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {rate}")
+        self._rate = rate
+        if self._min_push_ms is not None:
+            self._soxr = MonoResampler(min_push_ms=self._min_push_ms)
+        elif supports(rate):
+            self._fir = FirResampler(rate)
+        elif rate != SAMPLE_RATE:
+            self._soxr = MonoResampler(min_push_ms=0)
 
     def push_frame(self, frame: rtc.AudioFrame) -> list[Int16Array]:
-        """Add one frame; return the 80 ms chunks it completed (often none).
+        """Add one frame; return the chunk it completed, if any (at most one).
 
         Raises:
             ValueError: if the frame's rate differs from the first frame's.
         """
         mono = to_mono_int16(frame)
-        return self.chunker.push(self.resampler.push(mono, frame.sample_rate))
+        rate = frame.sample_rate
+        if rate != self._rate:
+            self._start(rate)
+        done = self.samples_out + self._held
+        cut = self.cut
+        if cut is None or cut <= done:
+            cut = (done // STEP_SAMPLES + 1) * STEP_SAMPLES
+        fir = self._fir
+        if fir is not None:
+            out = fir.push(mono, cut)
+        elif self._soxr is not None:
+            out = self._soxr.push(mono, rate)
+        else:
+            out = mono.copy()  # the frame's buffer may be reused by its producer
+        n = len(out)
+        if n:
+            self._parts.append(out)
+            self._held += n
+        if done + n < cut:
+            return []
+        return [self._release()]
 
     def flush(self) -> list[Int16Array]:
-        """Drain the resampler and the chunker: whole chunks, then a shorter last one if any."""
-        chunks = self.chunker.push(self.resampler.flush())
-        rest = self.chunker.flush()
-        if rest is not None:
-            chunks.append(rest)
-        return chunks
+        """Everything held and everything the resampler holds back, as one chunk (or none)."""
+        if self._fir is not None:
+            rest = self._fir.flush()
+        elif self._soxr is not None:
+            rest = self._soxr.flush()
+        else:
+            rest = _EMPTY
+        if len(rest):
+            self._parts.append(rest)
+            self._held += len(rest)
+        return [self._release()] if self._held else []
 
-    @property
-    def samples_out(self) -> int:
-        """16 kHz samples returned so far: the stream position of the next chunk."""
-        return self.chunker.samples_out
+    def _release(self) -> Int16Array:
+        parts = self._parts
+        chunk: Int16Array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self._parts = []
+        self.samples_out += self._held
+        self._held = 0
+        return chunk

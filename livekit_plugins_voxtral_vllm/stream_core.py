@@ -273,6 +273,7 @@ class StreamCore:
         self._reconnect_at: float | None = None
         self._push_marks: collections.deque[tuple[int, float]] = collections.deque()
         self._prompt_tokens = 33 + options.transcription_delay_ms // 80
+        self._first_step = first_step_samples(options.transcription_delay_ms)
         # steps vLLM runs after ``final`` on its right padding (delay tokens + 1 + 10, §3.2)
         self._pad_steps = options.transcription_delay_ms // 80 + 11
         # steps a generation may run in all (max_model_len less the prompt), and how much audio
@@ -300,6 +301,21 @@ class StreamCore:
     @property
     def open_lanes(self) -> int:
         return len(self._lanes)
+
+    @property
+    def next_step_sample(self) -> int | None:
+        """The absolute 16 kHz sample at which the live generation's next step has all its
+        audio (its first step needs delay + 80 ms + 2.5 ms, each later one 80 ms more); None
+        when no generation is live. Audio pushed up to there goes out at once, so the glue
+        hands audio over at these points rather than every 80 ms of the stream."""
+        gen = self._live
+        if gen is None:
+            return None
+        first = gen.start + self._first_step
+        done = self._history.end - first
+        if done < 0:
+            return first
+        return first + (done // STEP_SAMPLES + 1) * STEP_SAMPLES
 
     # -- outputs ---------------------------------------------------------------------------------
 

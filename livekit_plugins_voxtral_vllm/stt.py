@@ -901,6 +901,8 @@ class SpeechStream(stt.RecognizeStream):
         if core.finished:
             self._finish()
         self._arm_timer(core)
+        # the next chunk goes to the core where the live generation's next step is complete
+        self._pipeline.cut = core.next_step_sample
 
     def _arm_timer(self, core: StreamCore) -> None:
         # Deadlines mostly move later (every pushed frame moves the stall deadline): a timer

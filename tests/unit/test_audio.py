@@ -321,7 +321,8 @@ class TestStepChunker:
 
 
 class TestAudioPipeline:
-    """Frames of any rate and layout → 80 ms chunks that encode as valid appends."""
+    """Frames of any rate and layout → 16 kHz chunks, released where the caller's cut (the
+    live generation's next step) is reached, else every 80 ms of the stream."""
 
     @pytest.mark.parametrize(("rate", "channels"), [(48000, 2), (24000, 1), (16000, 1)])
     def test_frames_to_chunks(self, rate: int, channels: int) -> None:
@@ -331,10 +332,14 @@ class TestAudioPipeline:
         p = AudioPipeline()
         chunks: list[Int16Array] = []
         for i in range(0, len(inter), size):
-            chunks.extend(p.push_frame(frame_of(inter[i : i + size], rate, channels)))
+            got = p.push_frame(frame_of(inter[i : i + size], rate, channels))
+            assert len(got) <= 1
+            if got:
+                # released on the frame that reached the next 80 ms of the stream
+                end = sum(len(c) for c in chunks) + len(got[0])
+                assert end % protocol.STEP_SAMPLES < 160 + 40
+            chunks.extend(got)
         chunks.extend(p.flush())
-        assert all(len(ch) == protocol.STEP_SAMPLES for ch in chunks[:-1])
-        assert 0 < len(chunks[-1]) <= protocol.STEP_SAMPLES
         total = sum(len(ch) for ch in chunks)
         assert abs(total - 48000) <= 4
         assert p.samples_out == total
@@ -342,6 +347,52 @@ class TestAudioPipeline:
         message = json.loads(protocol.encode_append_pcm(chunks[5]))
         assert message["type"] == "input_audio_buffer.append"
         assert np.array_equal(np.frombuffer(base64.b64decode(message["audio"]), "<i2"), chunks[5])
+
+    @pytest.mark.parametrize(("rate", "frame_ms"), [(48000, 10), (24000, 50), (16000, 50)])
+    @pytest.mark.parametrize("cut", [9000, 9000 + 1280 * 3, 777])
+    def test_a_chunk_goes_on_the_frame_that_reaches_the_cut(
+        self, rate: int, frame_ms: int, cut: int
+    ) -> None:
+        """No look-ahead beyond the resampler's filter (1.3 ms): the release comes with the
+        first frame whose end is at least the cut's time plus that delay."""
+        x = tone(440, 2.0, rate)
+        size = rate * frame_ms // 1000
+        p = AudioPipeline()
+        p.cut = cut
+        delay_s = 0.0 if rate == 16000 else 0.0014
+        for i in range(0, len(x), size):
+            got = p.push_frame(frame_of(x[i : i + size], rate))
+            frame_end_s = (i + size) / rate
+            if got:
+                assert p.samples_out >= cut
+                assert frame_end_s - frame_ms / 1000 < cut / 16000 + delay_s <= frame_end_s
+                return
+            assert frame_end_s < cut / 16000 + delay_s
+        pytest.fail("no chunk released")
+
+    def test_the_cut_moves_with_the_caller(self) -> None:
+        p = AudioPipeline()
+        frames = [frame_of(x, 48000) for x in np.split(tone(440, 1.0, 48000), 100)]
+        p.cut = 3000
+        released: list[int] = []
+        for f in frames:
+            if p.push_frame(f):
+                released.append(p.samples_out)
+                p.cut = p.samples_out + 500  # e.g. the next step of a generation
+        assert released[0] >= 3000
+        assert all(b - a >= 500 for a, b in zip(released, released[1:], strict=False))
+        assert all(b - a < 500 + 160 + 40 for a, b in zip(released, released[1:], strict=False))
+
+    def test_a_44k1_stream_goes_through_soxr(self) -> None:
+        p = AudioPipeline()
+        x = tone(1000, 1.0, 44100)
+        chunks = [
+            c for i in range(0, 44100, 441) for c in p.push_frame(frame_of(x[i : i + 441], 44100))
+        ]
+        chunks.extend(p.flush())
+        y = np.concatenate(chunks)
+        assert abs(len(y) - 16000) <= 4
+        assert abs(peak_hz(y[1600:-1600], 16000) - 1000) < 2
 
     def test_read_only_frames(self) -> None:
         """Frames built on ``bytes`` expose read-only buffers."""

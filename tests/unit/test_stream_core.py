@@ -408,3 +408,34 @@ def test_wait_policy_keeps_everything() -> None:
     assert words(h.text) == words(speech.text)
     assert h.core.stats.dropped_audio_s == 0
     assert h.core.stats.peak_lag_s >= 1.0
+
+
+def test_audio_pushed_to_next_step_sample_completes_a_step_at_once() -> None:
+    """Issue 13: the glue hands audio over at ``next_step_sample``; each such push lets vLLM
+    run exactly one more step (the first needs delay + 80 ms + 2.5 ms), with no audio held
+    back in the core or the connection."""
+    h = harness()
+    speech = synthesize("hello world. thank you everyone.", lead_ms=400, tail_ms=700)
+    samples = speech.samples
+    assert h.core.next_step_sample is None  # nothing live yet
+    pos = 0
+    steps_seen: list[int] = []
+    while pos < samples.size:
+        target = h.core.next_step_sample
+        end = min(samples.size, pos + CHUNK if target is None or target <= pos else target)
+        SpeechStream._push_endpointed(h.core, h.endpointer, samples[pos:end], h.now)
+        h.now += (end - pos) / SAMPLE_RATE
+        h.pump()
+        pos = end
+        live = h.core._live
+        if target is not None and live is not None and end == target:
+            gen = next(e for e in h.engines.values() if e.generation is not None).generation
+            assert gen is not None
+            # every sample pushed reached the engine, and the step it completes has run
+            assert live.start + gen.audio_samples == end
+            assert gen.steps == (gen.audio_samples - 9000) // CHUNK + 1
+            steps_seen.append(gen.steps)
+    assert steps_seen and steps_seen == sorted(steps_seen)
+    h.advance(1.0)
+    h.end()
+    assert words(h.text) == words(speech.text)
