@@ -59,7 +59,8 @@ from pathlib import Path
 from typing import Any
 
 # Runnable from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# ``--trees`` runs a child on another source tree (side-by-side comparisons): it comes first.
+sys.path.insert(0, os.environ.get("VOXTRAL_BENCH_TREE") or str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
@@ -665,8 +666,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         a, f = r["added_latency_ms"], r["final_latency_ms"]
         fw = r["first_word_latency_ms"]
         tr = r["transcripts"]
+        label = f"{r['tree']}:{r['config']}" if "tree" in r else r["config"]
         print(
-            f"{r['config']:<7} {r['streams']:>4} {r['cpu_pct_of_one_core']:6.1f} "
+            f"{label:<7} {r['streams']:>4} {r['cpu_pct_of_one_core']:6.1f} "
             f"{r.get('cpu_system_pct_of_one_core', float('nan')):5.1f} "
             f"{r['cpu_pct_per_stream']:6.3f} {r['emulator_cpu_pct_of_one_core']:5.0f} "
             f"{r['other_host_cpu_pct_of_one_core']:5.0f} "
@@ -724,7 +726,9 @@ def wait_quiet(max_wait_s: float, limit_pct: float = 30.0) -> float:
         print(f"  host busy ({other:.0f} % of a core elsewhere), waiting ...", flush=True)
 
 
-def run_child(args: argparse.Namespace, config: str, n: int) -> dict[str, Any]:
+def run_child(
+    args: argparse.Namespace, config: str, n: int, tree: tuple[str, str] | None = None
+) -> dict[str, Any]:
     """One configuration in a fresh interpreter: clean memory baselines, no cross-talk."""
     cmd = [
         sys.executable,
@@ -742,10 +746,15 @@ def run_child(args: argparse.Namespace, config: str, n: int) -> dict[str, Any]:
     ]
     if args.profile:
         cmd += ["--profile", args.profile]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ)
+    if tree is not None:
+        env["VOXTRAL_BENCH_TREE"] = str(Path(tree[1]).resolve())
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{config} x {n} failed:\n{proc.stdout}\n{proc.stderr}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if tree is not None:
+        result["tree"] = tree[0]
     return result
 
 
@@ -780,6 +789,11 @@ def main() -> None:
         default=120.0,
         help="before each configuration, wait up to this long for the host to be quiet",
     )
+    parser.add_argument(
+        "--trees",
+        help="name=path,... run every configuration once per source tree, interleaved "
+        "(a side-by-side comparison; the emulator is always this checkout's)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     parser.add_argument("--child-config", help=argparse.SUPPRESS)
     parser.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
@@ -800,14 +814,19 @@ def main() -> None:
             parser.error(f"unknown config {c!r} (choose from {', '.join(CONFIGS)})")
     started = time.monotonic()
     results: list[dict[str, Any]] = []
+    trees: list[tuple[str, str] | None] = [None]
+    if args.trees:
+        trees = [(t.split("=", 1)[0], t.split("=", 1)[1]) for t in args.trees.split(",")]
     for config in args.configs:
         for n in args.streams:
-            wait_quiet(args.max_wait_quiet)
-            print(f"[{config} x {n}] running ...", flush=True)
-            r = run_child(args, config, n)
-            results.append(r)
-            print_table([r])
-            print(flush=True)
+            for tree in trees:
+                wait_quiet(args.max_wait_quiet)
+                name = f"{tree[0]} " if tree else ""
+                print(f"[{name}{config} x {n}] running ...", flush=True)
+                r = run_child(args, config, n, tree)
+                results.append(r)
+                print_table([r])
+                print(flush=True)
     print("\n== summary ==")
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ from .events import (
     ServerErrorReceived,
     SessionCreated,
 )
+from .generation_cap import GenerationCap
 from .history import AudioHistory
 from .log import logger
 from .protocol import SAMPLE_RATE, STEP_SAMPLES, ErrorCode, ErrorKind, Usage, describe_refusal
@@ -108,6 +109,9 @@ class CoreOptions:
     max_outage_s: float = 180.0
     abort_on_close: bool = True
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
+    generation_cap: GenerationCap | None = None
+    """Roll generations over once they have taken this much audio (None: only for
+    max_model_len)."""
 
 
 # -- actions and stream events ---------------------------------------------------------------
@@ -990,9 +994,24 @@ class StreamCore:
         run once finished: the audio already sent (some still queued at the server) plus the
         right padding vLLM appends at ``final``."""
         cap = self._cap_steps
-        if cap is None or not self._order or self._order[0] is not gen:
+        gen_cap = self._opts.generation_cap
+        if (cap is None and gen_cap is None) or not self._order or self._order[0] is not gen:
             return
         if gen.phase is not _Phase.RUNNING:
+            return
+        if gen_cap is not None:
+            # Long generations make every step slower (generation_cap.py). The cut falls
+            # after the last captioned word, in audio the server has transcribed, however far
+            # behind it is.
+            reason = gen_cap.check(
+                gen.sent_until - gen.start,
+                self._segmenter.open_segment is None,
+                conn.steps - gen.last_text_step > 2,
+            )
+            if reason is not None:
+                self._roll_over(gen, now, reason=reason)
+                return
+        if cap is None:
             return
         if conn.lag_steps > 2:
             # The cut must fall in audio the server has transcribed; until it catches up,

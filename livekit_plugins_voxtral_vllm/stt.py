@@ -50,6 +50,7 @@ from .endpointer import SpeechEnded as EpSpeechEnded
 from .endpointer import SpeechResumed as EpSpeechResumed
 from .endpointer import SpeechStarted as EpSpeechStarted
 from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
+from .generation_cap import DEFAULT_MAX_GENERATION_S, GenerationCap
 from .log import logger
 from .protocol import SAMPLE_RATE, ErrorCode
 from .segmenter import CaptionFinal, CaptionSegmenter, SegmenterOptions
@@ -88,6 +89,7 @@ class _STTOptions:
     language: str
     transcription_delay_ms: int
     max_model_len: int | None
+    generation_cap: GenerationCap | None
     endpointer: EndpointerOptions
     segmenter: SegmenterOptions
     preroll_ms: int
@@ -129,6 +131,10 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             boundary once it is this long.
         max_model_len: the server's context; learned from ``/v1/models`` when None. Used to roll
             a long utterance over to a new generation before the limit.
+        max_generation_s: roll a generation over (at the next caption pause) once it has
+            taken this much audio, since vLLM's steps get slower as a generation grows
+            (about 3 ms per minute of audio, vllm-project/vllm#58324). 5 s to 24 h; None for
+            no cap. Default 60 s.
         max_lag_s, lag_policy: when vLLM falls this far behind the audio: ``"catch_up"`` (stay
             live; the backlog is dropped and counted) or ``"wait"``.
         input_stall_s: an utterance with no incoming audio for this long is ended.
@@ -159,6 +165,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         max_pause_s: float = 1.2,
         max_segment_s: float = 12.0,
         max_model_len: int | None = None,
+        max_generation_s: float | None = DEFAULT_MAX_GENERATION_S,
         max_lag_s: float = 5.0,
         lag_policy: LagPolicy | str = LagPolicy.CATCH_UP,
         input_stall_s: float = 2.0,
@@ -192,6 +199,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         _check_int("preroll_ms", preroll_ms, 0, 2000)
         if max_model_len is not None:
             _check_int("max_model_len", max_model_len, 64, 10_000_000)
+        generation_cap = GenerationCap(max_generation_s) if max_generation_s is not None else None
         for name, value, lo in (
             ("max_lag_s", max_lag_s, 0.5),
             ("input_stall_s", input_stall_s, 0.1),
@@ -221,6 +229,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             language=language or "",
             transcription_delay_ms=transcription_delay_ms,
             max_model_len=max_model_len,
+            generation_cap=generation_cap,
             endpointer=EndpointerOptions(
                 min_speech_ms=min_speech_ms, min_silence_ms=min_silence_ms
             ),
@@ -669,6 +678,7 @@ class SpeechStream(stt.RecognizeStream):
                     transcription_delay_ms=opts.transcription_delay_ms,
                     preroll_ms=opts.preroll_ms,
                     max_model_len=max_model_len,
+                    generation_cap=opts.generation_cap,
                     max_lag_s=opts.max_lag_s,
                     lag_policy=opts.lag_policy,
                     input_stall_s=opts.input_stall_s,

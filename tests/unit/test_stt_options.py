@@ -35,6 +35,9 @@ def test_defaults_without_environment() -> None:
     assert stt._opts.api_key is None
     assert stt._opts.language == ""
     assert stt._opts.lag_policy is LagPolicy.CATCH_UP
+    assert stt._opts.generation_cap is not None
+    assert stt._opts.generation_cap.max_generation_s == 60.0
+    assert STT(max_generation_s=None)._opts.generation_cap is None
     assert stt.provider == "vllm"
     caps = stt.capabilities
     assert caps.streaming and caps.interim_results
@@ -130,6 +133,13 @@ def test_bad_base_url_is_a_value_error_at_construction(url: str, needle: str) ->
         ({"preroll_ms": 2001}, "preroll_ms"),
         ({"max_model_len": 10}, "max_model_len"),
         ({"max_model_len": "4096"}, "max_model_len"),
+        ({"max_generation_s": 0}, "max_generation_s"),
+        ({"max_generation_s": 4.9}, "max_generation_s"),
+        ({"max_generation_s": -60}, "max_generation_s"),
+        ({"max_generation_s": float("nan")}, "max_generation_s"),
+        ({"max_generation_s": float("inf")}, "max_generation_s"),
+        ({"max_generation_s": "60"}, "max_generation_s"),
+        ({"max_generation_s": True}, "max_generation_s"),
         ({"max_lag_s": 0.1}, "max_lag_s"),
         ({"max_lag_s": "5"}, "max_lag_s"),
         ({"lag_policy": "drop"}, "lag_policy"),
@@ -169,6 +179,9 @@ def test_transcription_delay_message_explains_the_step() -> None:
         {"transcription_delay_ms": 2400},
         {"preroll_ms": 0},
         {"max_model_len": 64},
+        {"max_generation_s": 5},
+        {"max_generation_s": 86400.0},
+        {"max_generation_s": None},
         {"max_lag_s": 0.5},
         {"lag_policy": "wait"},
         {"lag_policy": LagPolicy.CATCH_UP},
