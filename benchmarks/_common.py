@@ -45,6 +45,7 @@ class EmulatorProcess:
         step_time_s: float | None = None,
         max_model_len: int | None = None,
         send_log: Path | None = None,
+        output: str | None = None,
     ) -> None:
         self.port = free_port()
         self.send_log = send_log
@@ -64,6 +65,8 @@ class EmulatorProcess:
             args += ["--max-model-len", str(max_model_len)]
         if send_log is not None:
             args += ["--send-log", str(send_log)]
+        if output is not None:
+            args += ["--output", output]
         fd, name = tempfile.mkstemp(prefix="voxtral-emulator-", suffix=".log")
         os.close(fd)
         self.output = Path(name)

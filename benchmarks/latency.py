@@ -12,7 +12,10 @@ a live room, the emulator in its own process at ``--step-ms`` per engine step), 
 - ``t_end``: the push of the frame holding the word's last sample (the audio clock);
 - ``t_ready``: the push of the frame holding the last sample the word's step needs (the
   generation's start + ``D + 80 ms + 2.5 ms`` + 80 ms per earlier step). ``t_ready - t_end - D
-  + step`` is the **floor**: what ideal sending would give;
+  + step`` is the **floor**: what ideal sending would give. "The word's step" is the one that
+  delivered its last piece: with real tokens (``--output tokens``, the emulator's default: one
+  Tekken token per step, as the model) a word of several tokens completes a step or more after
+  the step covering its end + D, and that is the model's floor too;
 - ``t_sent``: the append that completes that step's audio leaves the client (``send_str``
   returned), or the final commit when the step only runs on the right padding;
 - ``t_step``: the emulator wrote the step's delta (its ``--send-log``; ``time.monotonic`` is
@@ -69,7 +72,6 @@ SAMPLE_RATE = 16000
 TICK_S = 0.010
 SCRIPT_S = 75.0
 SCRIPTS = 6
-TOKEN_RE = re.compile(r" [^ .,?]+|[.,?]")
 
 CONFIGS = {
     "48k10": (48000, 10, "48 kHz mono, 10 ms frames"),
@@ -182,20 +184,26 @@ class _TracedWS:
 
 
 async def child(args: argparse.Namespace) -> dict[str, Any]:
+    # The speech is this checkout's (the emulator, also this checkout's, must understand it);
+    # the plugin under test is the tree's: synthesize first, then swap the package.
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(1, str(ROOT))
+    from _common import EmulatorProcess, make_script
+
+    rate, frame_ms, what = CONFIGS[args.child_config]
+    fs = rate * frame_ms // 1000
+    scripts = [make_script(200 + k, SCRIPT_S, rate, fs) for k in range(SCRIPTS)]
+    for name in [m for m in sys.modules if m.startswith("livekit_plugins_voxtral_vllm")]:
+        del sys.modules[name]
     sys.path.insert(0, str(Path(args.tree).resolve()))
-    sys.path.insert(1, str(HERE))
     import aiohttp
     import numpy as np
-    from _common import EmulatorProcess, make_script
     from livekit import rtc
     from livekit.agents import stt
 
     import livekit_plugins_voxtral_vllm as pkg
     from livekit_plugins_voxtral_vllm import STT
 
-    rate, frame_ms, what = CONFIGS[args.child_config]
-    fs = rate * frame_ms // 1000
-    scripts = [make_script(200 + k, SCRIPT_S, rate, fs) for k in range(SCRIPTS)]
     frames = [
         [
             rtc.AudioFrame(s.speech.samples[i : i + fs].tobytes(), rate, 1, fs)
@@ -213,7 +221,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
             return _TracedWS(ws, rec, opts.language, int(m.group(1)) if m else -1)
 
     log_path = Path(tempfile.mkstemp(prefix="voxtral-lat-", suffix=".jsonl")[1])
-    emu = EmulatorProcess(step_time_s=args.step_ms / 1000, send_log=log_path)
+    emu = EmulatorProcess(step_time_s=args.step_ms / 1000, send_log=log_path, output=args.output)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     engine = TracedSTT(base_url=emu.url, http_session=session)
     n = args.child_n
@@ -397,22 +405,32 @@ def _analyse(
                     break
                 expected.append((run.script.token_text[j], rel))
             base += total
-        # received tokens in caption order, from the client's sockets
+        # received text in caption order, from the client's sockets: each character knows
+        # the delta that brought it (with real tokens a word may take several deltas)
         cgens = sorted(rec.gens.get(run.tag, []), key=lambda g: g.committed_at)
         sgens = server.get(run.tag, [])
-        received: list[tuple[_Gen, int, float, float | None, str]] = []
+        deltas: list[tuple[_Gen, int, float, float | None]] = []
+        owner: list[int] = []
         for gi, gen in enumerate(cgens):
             sdeltas = sgens[gi] if gi < len(sgens) else []
             for di, (step, t_recv, text) in enumerate(gen.deltas):
                 t_step = sdeltas[di][0] if di < len(sdeltas) and sdeltas[di][1] == text else None
-                for tok in TOKEN_RE.findall(text):
-                    received.append((gen, step, t_recv, t_step, tok))
-        # interims: the first one holding each token, in order
+                owner.extend([len(deltas)] * len(text))
+                deltas.append((gen, step, t_recv, t_step))
+        received = "".join(text for gen in cgens for _, _, text in gen.deltas)
+        offset = 0
         interim_i = 0
-        for wi, (gen, step, t_recv, t_step, tok) in enumerate(received):
-            if wi >= len(expected) or expected[wi][0] != tok:
+        for text, end in expected:
+            if not text:
+                continue
+            stop = offset + len(text)
+            if stop > len(received):
+                break
+            if received[offset:stop] != text:
                 unmatched += 1
                 break
+            gen, step, t_recv, t_step = deltas[owner[stop - 1]]
+            offset = stop
             if run.flusher:
                 continue
             while interim_i < len(run.interims) and run.interims[interim_i][0] < t_recv:
@@ -420,10 +438,10 @@ def _analyse(
             if interim_i >= len(run.interims):
                 break
             t_interim = run.interims[interim_i][0]
-            end = expected[wi][1]
             t_end = push_time(end - 1)
             if t_end is None or not in_win(t_end) or gen.start_sample is None:
                 continue
+            # the step that delivered the word's last token needs this much audio
             need = gen.start_sample + first + STEP * step  # 16 kHz stream samples
             t_ready = push_time(-(-need * rate // SAMPLE_RATE) - 1)
             if t_ready is None:
@@ -442,11 +460,15 @@ def _analyse(
                 stages["back"].append(t_recv - t_step)
             stages["deliver"].append(t_interim - t_recv)
         # sentence end -> FINAL; flush() -> FINAL
-        covered = 0
+        # a FINAL covers the expected words whose texts add up to its own (spaces aside)
+        j = -1
         for t_final, text in run.finals:
-            covered += len(TOKEN_RE.findall(" " + text.strip()))
-            j = covered - 1
-            if j < len(expected) and expected[j][0] in (".", "?"):
+            want = len(text.replace(" ", ""))
+            got = 0
+            while got < want and j + 1 < len(expected):
+                j += 1
+                got += len(expected[j][0].replace(" ", ""))
+            if 0 <= j < len(expected) and expected[j][0].strip() in (".", "?", "。", "？"):
                 t_end = push_time(expected[j][1] - 1)
                 if t_end is not None and in_win(t_end):
                     if run.flusher:
@@ -466,6 +488,7 @@ def _analyse(
         "config": args.child_config,
         "input": what,
         "tree": args.tree_name,
+        "emulator_output": args.output,
         "package": pkg_file,
         "streams": args.child_n,
         "words": matched_words,
@@ -493,6 +516,7 @@ def run_child(
         "--warmup", str(args.warmup),
         "--measure", str(args.measure),
         "--step-ms", str(args.step_ms),
+        "--output", args.output,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     if proc.returncode != 0:
@@ -550,6 +574,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, help="s before the window (default 6)")
     parser.add_argument("--measure", type=float, help="window, s (default 30)")
     parser.add_argument("--step-ms", type=float, default=1.0, help="emulated step time, ms")
+    parser.add_argument(
+        "--output",
+        choices=["tokens", "words"],
+        default="tokens",
+        help="emulator output: real Tekken tokens, one per step (as the model), or whole words",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latency.json")
     parser.add_argument("--child-config", help=argparse.SUPPRESS)
     parser.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
@@ -590,6 +620,7 @@ def main() -> None:
                 "machine": platform.machine(),
                 "cpus": os.cpu_count(),
                 "step_ms": args.step_ms,
+                "emulator_output": args.output,
                 "warmup_s": args.warmup,
                 "measure_s": args.measure,
                 "total_s": round(time.monotonic() - started, 1),
