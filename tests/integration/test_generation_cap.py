@@ -9,7 +9,7 @@ import random
 
 from livekit.agents import APIConnectOptions
 
-from livekit_plugins_voxtral_vllm import STT
+from livekit_plugins_voxtral_vllm import STT, SpeechStream
 from livekit_plugins_voxtral_vllm.testing import VOCABULARY, VLLMRealtimeEmulator, synthesize
 from livekit_plugins_voxtral_vllm.testing.speech import MARKERS
 
@@ -32,6 +32,16 @@ def monologue(seconds: float, pause_ms: int, seed: int = 13, mark: str = ".") ->
     return f" <pause:{pause_ms}> ".join(parts)
 
 
+async def keep_pace(stream: SpeechStream) -> None:
+    """500 ms of audio at a time, as fast as the emulator keeps up (far faster than real
+    time): a server that falls behind would get its backlog dropped (the catch-up policy)."""
+    await asyncio.sleep(0.001)
+    for _ in range(2000):
+        if stream.stats.lag_s <= 0.5:
+            return
+        await asyncio.sleep(0.001)
+
+
 async def test_a_ten_minute_monologue_rolls_over_every_minute_with_every_word_once() -> None:
     speech = synthesize(monologue(600, pause_ms=450), sample_rate=16000)
     assert speech.samples.size / 16000 >= 600
@@ -43,7 +53,7 @@ async def test_a_ten_minute_monologue_rolls_over_every_minute_with_every_word_on
         for i, frame in enumerate(frames_of(speech, 50)):
             stream.push_frame(frame)
             if i % 10 == 9:
-                await asyncio.sleep(0.001)  # 500 ms of audio at a time, far faster than real time
+                await keep_pace(stream)
         stream.end_input()
         await asyncio.wait_for(reader, 120)
         stats = stream.stats
@@ -71,7 +81,7 @@ async def test_no_cap_means_one_generation() -> None:
         for i, frame in enumerate(frames_of(speech, 50)):
             stream.push_frame(frame)
             if i % 10 == 9:
-                await asyncio.sleep(0.001)
+                await keep_pace(stream)
         stream.end_input()
         await asyncio.wait_for(reader, 60)
         stats = stream.stats
@@ -79,6 +89,7 @@ async def test_no_cap_means_one_generation() -> None:
         await engine.aclose()
     assert normalize(run.text) == normalize(speech.text)
     assert stats.rollovers == 0 and stats.generations == 1
+    assert stats.dropped_audio_s == 0
 
 
 async def test_with_no_caption_pause_it_cuts_in_a_gap_after_a_word() -> None:
@@ -94,7 +105,7 @@ async def test_with_no_caption_pause_it_cuts_in_a_gap_after_a_word() -> None:
         for i, frame in enumerate(frames_of(speech, 50)):
             stream.push_frame(frame)
             if i % 10 == 9:
-                await asyncio.sleep(0.001)
+                await keep_pace(stream)
         stream.end_input()
         await asyncio.wait_for(reader, 60)
         stats = stream.stats
@@ -103,5 +114,6 @@ async def test_with_no_caption_pause_it_cuts_in_a_gap_after_a_word() -> None:
         generations = [g for c in emu.connections for g in c.generations]
     assert normalize(run.text) == normalize(speech.text)
     assert stats.rollovers >= 3
+    assert stats.lost_generations == 0 and stats.dropped_audio_s == 0
     longest = max(g.audio_samples for g in generations) / 16000
     assert 50 <= longest < 30 + 20 + 3, longest
