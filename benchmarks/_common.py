@@ -22,6 +22,11 @@ import psutil  # type: ignore[import-untyped]
 from livekit_plugins_voxtral_vllm.testing import VOCABULARY, SynthesizedSpeech, synthesize
 from livekit_plugins_voxtral_vllm.testing.speech import MARKERS, burst_ms
 
+# The emulator's tone "speech" is not speech to Silero's model (the default endpointer): the
+# benchmarks that drive the STT with it endpoint by energy. (An environment variable, so that
+# older source trees compared side by side, which lack the option, are unaffected.)
+os.environ.setdefault("VOXTRAL_VLLM_ENDPOINTER", "energy")
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 WORDS = [w for w in VOCABULARY if w not in MARKERS]

@@ -36,6 +36,16 @@ also works, with more overhead) and writes the top functions and a breakdown by 
 Run: ``.venv/bin/python benchmarks/scale.py [--quick] [--streams 1,10,50,100,200]
 [--configs roomio,48k10]``. Prints a table and writes ``benchmarks/results/scale.json``.
 Loopback only.
+
+``--endpointers [N]`` (default 200) measures only the endpointers, side by side in one run,
+on a realistic meeting mix (``endpointer_mix``): N participants in rooms of 8, real voices
+(alsa-utils prompts, espeak-ng) taking turns, so each talks about an eighth of the time and
+is silent otherwise, with its own microphone noise (white or pink, -65 to -50 dBFS; one in 8
+near an air conditioner, one in 8 typing now and then). Every stream's 80 ms chunks are pushed
+in turn, round after round, as a worker's streams are; CPU of this process per second of
+audio per stream, for the previous energy endpointer and the default (Silero behind the gate,
+one batched ONNX call per step for all streams), plus the model's duty (share of windows it
+scored) and the mean batch. Writes ``benchmarks/results/scale_endpointers.json``.
 """
 
 from __future__ import annotations
@@ -650,6 +660,122 @@ def analyse(
     }
 
 
+# -- endpointers alone, on a meeting mix --------------------------------------------------------
+
+
+def endpointer_mix(n: int, seconds: float, seed: int = 0) -> list[np.ndarray]:
+    """``n`` participants of meetings of 8: int16 16 kHz, ``seconds`` long each."""
+    import _endpointing_audio as A  # the evaluation's voices and noises
+
+    rng = np.random.default_rng(seed)
+    rate = A.RATE
+    length = int(seconds * rate)
+    streams: list[np.ndarray] = []
+    for room in range(-(-n // 8)):
+        script = A.make_script(500 + room, seconds)
+        speech = script.speech[:length] * 10 ** (A.SPEECH_DBFS / 20)
+        size = min(8, n - 8 * room)
+        owner = []  # turns of 1-3 sentences, round-robin
+        who, left = 0, int(rng.integers(1, 4))
+        for _ in script.sentences:
+            owner.append(who)
+            left -= 1
+            if left == 0:
+                who, left = (who + 1) % size, int(rng.integers(1, 4))
+        for p in range(size):
+            mine = np.zeros(length)
+            for s, o in zip(script.sentences, owner, strict=True):
+                if o == p and s.end <= length:
+                    lo, hi = max(0, s.onset - 800), min(length, s.end + 800)
+                    mine[lo:hi] = speech[lo:hi]
+            kind = "hvac" if p == 1 else ("white" if p % 2 else "pink")
+            level = -50.0 if p == 1 else float(rng.uniform(-65, -50))
+            x = mine + A.NOISES[kind](length, rng) * 10 ** (level / 20)
+            if p == 2:  # typing in about half of the meeting
+                keys = A.keyboard(length, rng) * 10 ** (-30 / 20)
+                keys[length // 2 :] = 0
+                x = x + keys
+            streams.append(A.to_pcm(x))
+    return streams[:n]
+
+
+def measure_endpointers(n: int, seconds: float, rounds: int) -> dict[str, Any]:
+    from livekit_plugins_voxtral_vllm.endpointer import Endpointer
+    from livekit_plugins_voxtral_vllm.vad_endpointer import VadEndpointer
+    from livekit_plugins_voxtral_vllm.vad_model import SileroBatch
+
+    streams = endpointer_mix(n, seconds)
+    chunk = 1280
+    length = min(len(x) for x in streams)
+    batches: dict[str, SileroBatch] = {}
+    unbatched: list[SileroBatch] = []
+
+    def make(kind: str) -> list[Any]:
+        if kind == "energy":
+            return [Endpointer() for _ in streams]
+        unbatched.clear()
+        batch = SileroBatch()  # a fresh batch (shared weights) so its counters are this run's
+        batches[kind] = batch
+        if kind == "silero":
+            return [VadEndpointer(batch=batch) for _ in streams]
+        own = [SileroBatch() for _ in streams]  # one call per stream and step
+        unbatched.extend(own)
+        return [VadEndpointer(batch=b) for b in own]
+
+    kinds = ["energy", "silero", "silero-unbatched"]
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    opened: dict[str, int] = {}
+    for _ in range(rounds):  # alternate, so drift on the shared host hits every kind alike
+        for kind in kinds:
+            eps = make(kind)
+            gc.collect()
+            t0 = time.process_time()
+            starts = 0
+            for pos in range(0, length, chunk):
+                for ep, x in zip(eps, streams, strict=True):
+                    for ev in ep.push(x[pos : pos + chunk]):
+                        starts += type(ev).__name__ == "SpeechStarted"
+            cpu[kind].append(time.process_time() - t0)
+            opened[kind] = starts
+    stream_s = n * length / 16000
+    out: dict[str, Any] = {"streams": n, "audio_s_per_stream": round(length / 16000, 1)}
+    for kind in kinds:
+        best = min(cpu[kind])
+        row: dict[str, Any] = {
+            "cpu_pct_of_one_core_per_stream": round(100 * best / stream_s, 4),
+            "cpu_pct_of_one_core_total": round(100 * best / (length / 16000), 2),
+            "cpu_s_runs": [round(c, 2) for c in cpu[kind]],
+            "utterances_started": opened[kind],
+        }
+        windows_total = n * (length // 512)
+        if kind == "silero-unbatched":
+            row["model_duty"] = round(sum(b.windows for b in unbatched) / windows_total, 4)
+        elif kind in batches:
+            b = batches[kind]
+            row["model_duty"] = round(b.windows / windows_total, 4)
+            if kind == "silero":
+                row["onnx_calls_per_s"] = round(b.calls / (length / 16000), 1)
+                row["mean_batch"] = round(b.windows / max(1, b.calls), 1)
+        out[kind] = row
+    return out
+
+
+def print_endpointers(r: dict[str, Any]) -> None:
+    print(
+        f"endpointers on a meeting mix: {r['streams']} streams x {r['audio_s_per_stream']} s, "
+        "side by side in one run (best of the alternated runs; shared 2-core host)"
+    )
+    print(f"{'endpointer':<18} {'%core/stream':>12} {'%core total':>11} {'duty':>6} {'batch':>6}")
+    for kind in ("energy", "silero", "silero-unbatched"):
+        row = r[kind]
+        duty = row.get("model_duty")
+        batch = row.get("mean_batch")
+        print(
+            f"{kind:<18} {row['cpu_pct_of_one_core_per_stream']:12.4f} "
+            f"{row['cpu_pct_of_one_core_total']:11.2f} {fmt(duty, '6.3f')} {fmt(batch, '6.1f')}"
+        )
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -794,6 +920,14 @@ def main() -> None:
         help="name=path,... run every configuration once per source tree, interleaved "
         "(a side-by-side comparison; the emulator is always this checkout's)",
     )
+    parser.add_argument(
+        "--endpointers",
+        type=int,
+        nargs="?",
+        const=200,
+        help="measure only the endpointers on a meeting mix of this many streams (200)",
+    )
+    parser.add_argument("--endpointer-seconds", type=float, default=40.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     parser.add_argument("--child-config", help=argparse.SUPPRESS)
     parser.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
@@ -803,6 +937,15 @@ def main() -> None:
     if args.measure is None:
         args.measure = 10.0 if args.quick else 25.0
     logging.basicConfig(level=logging.ERROR)
+    if args.endpointers:
+        r = measure_endpointers(args.endpointers, args.endpointer_seconds, rounds=2)
+        print_endpointers(r)
+        out = RESULTS / "scale_endpointers.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        r["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        out.write_text(json.dumps(r, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
     if args.child_config:
         print(json.dumps(asyncio.run(child_main(args))))
         return

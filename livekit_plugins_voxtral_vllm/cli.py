@@ -678,6 +678,10 @@ def _not_served(info: ServerInfo, target: _Target) -> CLIError | None:
 def _make_stt(
     target: _Target, session: aiohttp.ClientSession, args: argparse.Namespace, **options: Any
 ) -> STT:
+    if target.emulator:
+        # the emulator only understands its tone "speech", which is not speech to Silero's
+        # model: endpoint it by energy
+        options.setdefault("endpointer", "energy")
     try:
         return STT(
             base_url=target.url,

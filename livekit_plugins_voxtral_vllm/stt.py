@@ -69,6 +69,9 @@ from .stream_core import (
     StreamStats,
     UsageReport,
 )
+from .vad_clock import VadClock
+from .vad_endpointer import VadEndpointer, VadEndpointerOptions
+from .vad_model import SileroBatch
 
 __all__ = ["STT", "SpeechStream", "DEFAULT_MODEL", "DEFAULT_BASE_URL"]
 
@@ -77,6 +80,8 @@ DEFAULT_BASE_URL = "ws://127.0.0.1:8000/v1/realtime"
 _ENV_URL = "VOXTRAL_VLLM_BASE_URL"
 _ENV_MODEL = "VOXTRAL_VLLM_MODEL"
 _ENV_KEY = "VOXTRAL_VLLM_API_KEY"
+_ENV_ENDPOINTER = "VOXTRAL_VLLM_ENDPOINTER"
+_ENDPOINTERS = ("silero", "energy")
 _WARM_SOCKET_S = 15.0  # how long a prewarmed socket waits for its stream
 _MAX_OUTBOX = 400  # ~32 s of 80 ms appends waiting on one socket: the server stopped reading
 
@@ -90,7 +95,7 @@ class _STTOptions:
     transcription_delay_ms: int
     max_model_len: int | None
     generation_cap: GenerationCap | None
-    endpointer: EndpointerOptions
+    endpointer: EndpointerOptions | VadEndpointerOptions
     segmenter: SegmenterOptions
     preroll_ms: int
     max_lag_s: float
@@ -121,10 +126,15 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             sent in ``session.update``, which vLLM 0.33 ignores.
         transcription_delay_ms: the server's delay (``tekken.json``; a multiple of 80 ms):
             vLLM cannot be told it, so tell the plugin, for timing and timestamps.
-        vad: None for the built-in energy endpointer (no model weights), or any LiveKit
-            ``vad.VAD`` (e.g. Silero) to decide when utterances start and end.
+        vad: None for the built-in endpointer, or any LiveKit ``vad.VAD`` (e.g. Silero) to
+            decide when utterances start and end.
+        endpointer: the built-in endpointer (when ``vad`` is None): ``"silero"`` (Silero's
+            model behind a cheap gate, batched across the process's streams; see
+            ``vad_endpointer.py``) or ``"energy"`` (the previous energy-only one, no model).
+            Default ``$VOXTRAL_VLLM_ENDPOINTER``, else ``"silero"``.
         min_speech_ms, min_silence_ms: built-in endpointer: speech must last this long to
-            start an utterance, silence this long to end it.
+            start an utterance, silence this long to end it. Default: the endpointer's own
+            (64 / 416 for ``"silero"``, 120 / 600 for ``"energy"``).
         preroll_ms: audio sent before the detected speech start, so the first syllable is kept.
         sentence_pause_s, max_pause_s, max_segment_s: caption segmentation: a caption ends at
             sentence-final punctuation followed by this pause, at a pause this long, or at a word
@@ -158,8 +168,9 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         language: str | None = None,
         transcription_delay_ms: int = 480,
         vad: lk_vad.VAD | None = None,
-        min_speech_ms: int = 120,
-        min_silence_ms: int = 600,
+        endpointer: str | None = None,
+        min_speech_ms: int | None = None,
+        min_silence_ms: int | None = None,
         preroll_ms: int = 300,
         sentence_pause_s: float = 0.4,
         max_pause_s: float = 1.2,
@@ -216,6 +227,20 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             ) from None
         if vad is not None and not isinstance(vad, lk_vad.VAD):
             raise TypeError(f"vad must be a livekit.agents.vad.VAD or None, got {type(vad)!r}")
+        kind = endpointer if endpointer is not None else os.environ.get(_ENV_ENDPOINTER) or "silero"
+        if kind not in _ENDPOINTERS:
+            source = "endpointer" if endpointer is not None else f"${_ENV_ENDPOINTER}"
+            raise ValueError(f"{source} must be 'silero' or 'energy', got {kind!r}")
+        timing = {
+            k: v
+            for k, v in (("min_speech_ms", min_speech_ms), ("min_silence_ms", min_silence_ms))
+            if v is not None
+        }
+        ep_opts: EndpointerOptions | VadEndpointerOptions = (
+            VadEndpointerOptions(**timing) if kind == "silero" else EndpointerOptions(**timing)
+        )
+        if kind == "silero" and vad is None:
+            SileroBatch.shared()  # load the weights now: a missing package fails here
         if target_streaming_delay_ms is not None:
             logger.info(
                 "target_streaming_delay_ms=%s is ignored: vLLM's transcription delay is a "
@@ -230,9 +255,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             transcription_delay_ms=transcription_delay_ms,
             max_model_len=max_model_len,
             generation_cap=generation_cap,
-            endpointer=EndpointerOptions(
-                min_speech_ms=min_speech_ms, min_silence_ms=min_silence_ms
-            ),
+            endpointer=ep_opts,
             segmenter=SegmenterOptions(
                 sentence_pause_s=sentence_pause_s,
                 max_pause_s=max_pause_s,
@@ -589,9 +612,15 @@ class SpeechStream(stt.RecognizeStream):
         self._timer: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] | None = None
         self._pipeline = AudioPipeline()
-        self._endpointer = Endpointer(opts.endpointer) if stt._vad is None else None
+        self._endpointer: Endpointer | VadEndpointer | None = None
+        if stt._vad is None:
+            ep = opts.endpointer
+            self._endpointer = (
+                VadEndpointer(ep) if isinstance(ep, VadEndpointerOptions) else Endpointer(ep)
+            )
         self._vad_input = stt._vad is not None  # frames reach the input task unprocessed
         self._vad_stream: lk_vad.VADStream | None = None
+        self._vad_clock = VadClock()
         self._direct_input = False  # push_frame may hand chunks to the core itself
         self._user_offset = 0.0
 
@@ -772,6 +801,7 @@ class SpeechStream(stt.RecognizeStream):
         # retried _run, like the core's sample clock
         vad_stream = self._stt_impl._vad.stream() if self._stt_impl._vad is not None else None
         self._vad_stream = vad_stream
+        self._vad_clock = VadClock()
         vad_task = (
             asyncio.create_task(
                 self._vad_loop(core, vad_stream, core.samples_received), name="voxtral_vllm.vad"
@@ -808,6 +838,7 @@ class SpeechStream(stt.RecognizeStream):
             chunks = self._pipeline.push_frame(item)
             if self._vad_stream is not None:
                 self._vad_stream.push_frame(item)
+                self._vad_clock.pushed(item.samples_per_channel, item.sample_rate)
         elif self._vad_input:  # flush: end the utterance now
             chunks = self._pipeline.flush()
         else:  # flush: ``flush`` already drained the pipeline, which may hold later audio now
@@ -827,7 +858,7 @@ class SpeechStream(stt.RecognizeStream):
 
     @staticmethod
     def _push_endpointed(
-        core: StreamCore, endpointer: Endpointer, chunk: np.ndarray, now: float
+        core: StreamCore, endpointer: Endpointer | VadEndpointer, chunk: np.ndarray, now: float
     ) -> None:
         """Push ``chunk`` to the core with the endpointer's decisions at their exact sample:
         an utterance that ends inside the chunk gets only the audio before the decision, so
@@ -851,14 +882,14 @@ class SpeechStream(stt.RecognizeStream):
     async def _vad_loop(self, core: StreamCore, vad_stream: lk_vad.VADStream, base: int) -> None:
         # A VAD reports where speech starts and ends by sample index, relative to its own
         # input, and may lag the audio: place its events by that index, never by how much audio
-        # the core holds when the event is handled. LiveKit's VADs (Silero, the inference VAD)
-        # count at 16 kHz, the core's rate.
+        # the core holds when the event is handled. The index counts at the VAD's own rate
+        # (16 kHz for Silero, the input's rate for some others): ``VadClock`` infers it.
         loop = asyncio.get_running_loop()
         # ``base``: where this VAD stream's input begins on the core's clock, taken when the
         # stream was created (this task may first run after a burst of frames was pushed)
         async for ev in vad_stream:
             now = loop.time()
-            at = base + ev.samples_index
+            at = base + self._vad_clock.to_16k(ev.samples_index, ev.timestamp)
             if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                 core.speech_started(max(0, at - int(ev.speech_duration * SAMPLE_RATE)), now)
             elif ev.type == lk_vad.VADEventType.END_OF_SPEECH:

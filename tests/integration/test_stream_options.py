@@ -106,12 +106,22 @@ async def test_stream_language_overrides_the_label() -> None:
 
 
 class EnergyVAD(lk_vad.VAD):
-    """A deterministic VAD: 10 ms windows above ``threshold_dbfs`` RMS are speech."""
+    """A deterministic VAD: 10 ms windows above ``threshold_dbfs`` RMS are speech. Its
+    ``samples_index`` counts at ``count_rate`` (Silero: 16 kHz; some VADs: their input's).
+    With ``audio_timestamps`` its events' ``timestamp`` is audio time, as Silero's is;
+    otherwise 0."""
 
     def __init__(
-        self, threshold_dbfs: float = -40.0, min_speech_ms: int = 50, min_silence_ms: int = 500
+        self,
+        threshold_dbfs: float = -40.0,
+        min_speech_ms: int = 50,
+        min_silence_ms: int = 500,
+        count_rate: int = 16000,
+        audio_timestamps: bool = False,
     ) -> None:
         super().__init__(capabilities=lk_vad.VADCapabilities(update_interval=0.01))
+        self.count_rate = count_rate
+        self.audio_timestamps = audio_timestamps
         self.threshold_dbfs = threshold_dbfs
         self.min_speech_ms = min_speech_ms
         self.min_silence_ms = min_silence_ms
@@ -142,8 +152,7 @@ class EnergyVADStream(lk_vad.VADStream):
         opts = self._energy
         speaking = False
         speech_ms = silence_ms = 0
-        samples = 0
-        samples = 0  # at the "inference" rate, 16 kHz, as Silero reports samples_index
+        samples = 0  # at the VAD's own "inference" rate, as LiveKit documents samples_index
         async for item in self._input_ch:
             if not isinstance(item, rtc.AudioFrame):  # flush: a hard segment boundary
                 speaking, speech_ms, silence_ms = False, 0, 0
@@ -154,7 +163,7 @@ class EnergyVADStream(lk_vad.VADStream):
             for i in range(0, pcm.size - window + 1, window):
                 rms = math.sqrt(float(np.mean(pcm[i : i + window] ** 2)))
                 loud = rms > 0 and 20 * math.log10(rms) > opts.threshold_dbfs
-                samples += 160
+                samples += opts.count_rate // 100
                 if loud:
                     speech_ms += 10
                     silence_ms = 0
@@ -176,7 +185,7 @@ class EnergyVADStream(lk_vad.VADStream):
             lk_vad.VADEvent(
                 type=kind,
                 samples_index=index,
-                timestamp=0.0,
+                timestamp=index / self._energy.count_rate if self._energy.audio_timestamps else 0.0,
                 speech_duration=speech_ms / 1000,
                 silence_duration=silence_ms / 1000,
                 speaking=kind is lk_vad.VADEventType.START_OF_SPEECH,
@@ -196,10 +205,13 @@ SCRIPT = (
 
 
 async def _transcribe_with_vad(
-    monkeypatch: pytest.MonkeyPatch, burst: bool
+    monkeypatch: pytest.MonkeyPatch, burst: bool, count_rate: int = 16000
 ) -> tuple[Run, str, EnergyVAD, int]:
     monkeypatch.setattr(stt_module, "Endpointer", _NoEndpointer)
-    vad = EnergyVAD()
+    monkeypatch.setattr(stt_module, "VadEndpointer", _NoEndpointer)
+    # live pacing: the VAD keeps up, its position is inferred from the audio pushed; a burst:
+    # it lags far behind, its timestamps (audio time, like Silero's) tell the rate
+    vad = EnergyVAD(count_rate=count_rate, audio_timestamps=burst)
     async with VLLMRealtimeEmulator(fast=True) as emu:
         engine = STT(base_url=emu.url, vad=vad)
         speech = synthesize(SCRIPT, sample_rate=48000, tail_ms=800)
@@ -222,8 +234,15 @@ async def _transcribe_with_vad(
     return run, speech.text, vad, generations
 
 
-async def test_a_livekit_vad_drives_the_utterances(monkeypatch: pytest.MonkeyPatch) -> None:
-    run, text, vad, generations = await _transcribe_with_vad(monkeypatch, burst=False)
+@pytest.mark.parametrize("count_rate", [16000, 48000])
+async def test_a_livekit_vad_drives_the_utterances(
+    monkeypatch: pytest.MonkeyPatch, count_rate: int
+) -> None:
+    """Whatever rate the VAD's ``samples_index`` counts at (16 kHz like Silero, or its 48 kHz
+    input's), its utterances land where the speech is: the transcript is exact."""
+    run, text, vad, generations = await _transcribe_with_vad(
+        monkeypatch, burst=False, count_rate=count_rate
+    )
     assert normalize(run.text) == normalize(text)
     assert len(vad.streams) == 1
     events = vad.streams[0].events
@@ -234,9 +253,12 @@ async def test_a_livekit_vad_drives_the_utterances(monkeypatch: pytest.MonkeyPat
     assert run.kinds.count(T.END_OF_SPEECH) == 3
 
 
+@pytest.mark.parametrize("count_rate", [16000, 48000])
 async def test_a_livekit_vad_lagging_behind_a_burst_of_frames(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, count_rate: int
 ) -> None:
-    run, text, _, generations = await _transcribe_with_vad(monkeypatch, burst=True)
+    run, text, _, generations = await _transcribe_with_vad(
+        monkeypatch, burst=True, count_rate=count_rate
+    )
     assert normalize(run.text) == normalize(text)
     assert generations == 3
