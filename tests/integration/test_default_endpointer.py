@@ -53,9 +53,8 @@ async def test_a_real_voice_opens_a_generation_per_utterance() -> None:
         await stream.aclose()
         await engine.aclose()
         generations = sum(len(c.generations) for c in emu.connections)
-    # (the emulator cannot transcribe a real voice: its finals read "<unk>")
+    # (the emulator cannot transcribe a real voice: what it sends back is not checked)
     assert generations == 2
-    assert len(run.finals) == 2
     assert run.kinds[0] == T.START_OF_SPEECH and run.kinds[-1] == T.END_OF_SPEECH
 
 
