@@ -25,11 +25,13 @@ Faults for resilience tests: ``conn.drop()``, ``emu.drop_all()``, ``emu.stop()``
 ``emu.step_time_s`` to make the server fall behind real time, the blank-token rut
 (``emu.rut``, ``conn.rut``, ``emu.rut_next_connections()``) and per-generation max_model_len
 stops (``emu.generation_max_steps``, ``conn.limit_generation()``). Standalone:
-``python -m livekit_plugins_voxtral_vllm.testing serve --port 8000``.
+``python -m livekit_plugins_voxtral_vllm.testing serve --port 8000``; from a synchronous
+program, :class:`BackgroundEmulator` serves it from a thread.
 """
 
 from __future__ import annotations
 
+from .background import BackgroundEmulator
 from .engine import (
     Generation,
     OutputMode,
@@ -50,6 +52,7 @@ from .speech import VOCABULARY, SynthesizedSpeech, expected_text, synthesize, vo
 
 __all__ = [
     "VLLMRealtimeEmulator",
+    "BackgroundEmulator",
     "EmulatedConnection",
     "EmulatorStats",
     "SendLog",
