@@ -5,6 +5,10 @@ cumulative interim transcripts and exactly one final per caption segment.
 
     from livekit.plugins import voxtral_vllm
     stt = voxtral_vllm.STT(base_url="ws://gpu-host:8000/v1/realtime")
+
+Captions for everyone in a room, one caption session per participant::
+
+    captioner = voxtral_vllm.RoomCaptioner(ctx.room, stt_factory=voxtral_vllm.STT)
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import threading
 from livekit.agents import Plugin
 
 from .log import logger
+from .room_captioner import RoomCaptioner
 from .stt import STT, SpeechStream
 from .version import __version__
 
-__all__ = ["STT", "SpeechStream", "__version__"]
+__all__ = ["STT", "RoomCaptioner", "SpeechStream", "__version__"]
 
 
 class VoxtralVLLMPlugin(Plugin):

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ._fakes import REPO_ROOT, load_example
+from ..fake_livekit import REPO_ROOT, load_example
 
 COMPOSE = REPO_ROOT / "compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
@@ -204,10 +204,12 @@ class TestTranscriber:
         self, services: dict[str, Any]
     ) -> None:
         example = load_example("multi_user_transcriber")
-        livekit, config = example.check_startup_config(services["transcriber"]["environment"])
-        assert livekit.url == "ws://livekit:7880"
-        assert config.vllm_base_url == "ws://vllm:8000/v1/realtime"
-        assert config.language is None and config.vllm_api_key is None
+        env = services["transcriber"]["environment"]
+        assert example.check_config(env) == []
+        options = example.stt_options(env)
+        assert options["base_url"] == "ws://vllm:8000/v1/realtime"
+        assert options["transcription_delay_ms"] == 480
+        assert "language" not in options and "api_key" not in options
 
     def test_health_check_on_the_worker_port(self, services: dict[str, Any]) -> None:
         check = services["transcriber"]["healthcheck"]

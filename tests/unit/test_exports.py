@@ -11,7 +11,12 @@ import livekit_plugins_voxtral_vllm
 
 
 def test_all_is_pinned() -> None:
-    assert sorted(livekit_plugins_voxtral_vllm.__all__) == ["STT", "SpeechStream", "__version__"]
+    assert sorted(livekit_plugins_voxtral_vllm.__all__) == [
+        "RoomCaptioner",
+        "STT",
+        "SpeechStream",
+        "__version__",
+    ]
 
 
 def test_livekit_plugins_alias_is_the_same_package() -> None:
@@ -19,6 +24,7 @@ def test_livekit_plugins_alias_is_the_same_package() -> None:
 
     assert voxtral_vllm.STT is livekit_plugins_voxtral_vllm.STT
     assert voxtral_vllm.SpeechStream is livekit_plugins_voxtral_vllm.SpeechStream
+    assert voxtral_vllm.RoomCaptioner is livekit_plugins_voxtral_vllm.RoomCaptioner
     assert voxtral_vllm.__version__ == livekit_plugins_voxtral_vllm.__version__
 
 

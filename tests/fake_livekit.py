@@ -1,10 +1,17 @@
-"""Stand-ins for a LiveKit room, so the examples run without a LiveKit server.
+"""Stand-ins for the LiveKit server edge, so real AgentSessions run without a server.
 
 Participants and publications are the real ``rtc.RemoteParticipant`` /
 ``rtc.RemoteTrackPublication`` classes built from protobuf info with the invalid FFI handle
 (0), which they never dereference; the room is an ``rtc.EventEmitter`` that emits the SDK's
 event names with the SDK's argument order, and mutates ``remote_participants`` and
-``track_publications`` before emitting, as ``rtc.Room._on_room_event`` does.
+``track_publications`` before emitting, as ``rtc.Room._on_room_event`` does. Captions that
+RoomIO publishes are recorded by ``FakeLocalParticipant``.
+
+``ScriptedSTT`` stands in for the model: a real ``stt.STT`` whose streams emit what the test
+says (a flush finalizes the interim in progress, as Voxtral's does).
+
+A track subscription carries no real track: emit it (``subscribe=True``) only while no caption
+session of that participant is running, since RoomIO would open an audio stream on it.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import importlib.util
 import itertools
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +28,12 @@ from types import ModuleType
 from typing import Any
 
 from livekit import rtc
+from livekit.agents import APIConnectionError, APIConnectOptions, stt
+from livekit.agents.language import LanguageCode
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.rtc._proto import handle_pb2, participant_pb2, track_pb2
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples"
 
 STANDARD = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
@@ -150,8 +161,15 @@ class FakeRoom(rtc.EventEmitter[str]):
         self.text_handlers: dict[str, Callable[..., None]] = {}
         self.byte_handlers: dict[str, Callable[..., None]] = {}
 
+    connected = True
+
     def isconnected(self) -> bool:
-        return True
+        return self.connected
+
+    def connect(self) -> None:
+        """What the SDK does when a connection completes (participants already set)."""
+        self.connected = True
+        self.emit("connection_state_changed", rtc.ConnectionState.CONN_CONNECTED)
 
     def register_text_stream_handler(self, topic: str, handler: Callable[..., None]) -> None:
         if topic in self.text_handlers:
@@ -182,7 +200,7 @@ class FakeRoom(rtc.EventEmitter[str]):
         mic: bool = True,
         muted: bool = False,
         attributes: Mapping[str, str] | None = None,
-        subscribe: bool = True,
+        subscribe: bool = False,
     ) -> rtc.RemoteParticipant:
         participant = make_participant(identity, kind=kind, attributes=attributes)
         self.remote_participants[identity] = participant
@@ -208,7 +226,7 @@ class FakeRoom(rtc.EventEmitter[str]):
         *,
         source: rtc.TrackSource.ValueType = MICROPHONE,
         muted: bool = False,
-        subscribe: bool = True,
+        subscribe: bool = False,
     ) -> rtc.RemoteTrackPublication:
         pub = make_publication(source=source, muted=muted)
         participant._track_publications[pub.sid] = pub
@@ -224,6 +242,13 @@ class FakeRoom(rtc.EventEmitter[str]):
     ) -> None:
         pub._info.muted = muted
         self.emit("track_muted" if muted else "track_unmuted", participant, pub)
+
+    def set_attributes(
+        self, participant: rtc.RemoteParticipant, attributes: dict[str, str]
+    ) -> None:
+        participant._info.attributes.clear()
+        participant._info.attributes.update(attributes)
+        self.emit("participant_attributes_changed", dict(attributes), participant)
 
     def unpublish(
         self, participant: rtc.RemoteParticipant, pub: rtc.RemoteTrackPublication
@@ -257,69 +282,102 @@ class FakeJobContext:
         self.shutdown_callbacks.append(callback)
 
 
-class FakePipeline:
-    """A ``CaptionPipeline`` that records what the transcriber asked of it."""
-
-    def __init__(self, identity: str) -> None:
-        self.identity = identity
-        self.calls: list[str] = []
-        self._ended = asyncio.Event()
-        self._released = False
-        self.close_gate: asyncio.Event | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self._ended.is_set()
-
-    async def set_muted(self, muted: bool) -> None:
-        self.calls.append("mute" if muted else "unmute")
-
-    async def aclose(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        if self._ended.is_set():
-            self.calls.append("release")
-            return
-        self.calls.append("drain")
-        if self.close_gate is not None:
-            await self.close_gate.wait()
-        self.calls.append("close")
-        self._ended.set()
-
-    async def wait_closed(self) -> None:
-        await self._ended.wait()
-
-    def fail(self) -> None:
-        """End on its own, as a session does when its STT gives up."""
-        self.calls.append("failed")
-        self._ended.set()
+_CONN_OPTIONS = APIConnectOptions()
 
 
-class FakeFactory:
-    """A ``PipelineFactory`` creating ``FakePipeline``s, optionally failing first."""
+def speech(kind: stt.SpeechEventType, text: str = "") -> stt.SpeechEvent:
+    alternatives = [stt.SpeechData(language=LanguageCode("en"), text=text)] if text else []
+    return stt.SpeechEvent(type=kind, alternatives=alternatives)
+
+
+class ScriptedSTT(stt.STT[Any]):
+    """An STT whose streams emit what the test tells them; a flush finalizes the interim."""
 
     def __init__(self) -> None:
-        self.pipelines: list[FakePipeline] = []
+        super().__init__(
+            capabilities=stt.STTCapabilities(
+                streaming=True, interim_results=True, manual_flush=True
+            )
+        )
+        self.streams: list[ScriptedStream] = []
+        self.closed = False
+        self.close_gate: asyncio.Event | None = None
+        """Set to an Event to make ``aclose`` hang until it is set."""
+
+    async def _recognize_impl(
+        self,
+        buffer: list[rtc.AudioFrame] | rtc.AudioFrame,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
+    ) -> stt.SpeechEvent:
+        raise NotImplementedError
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = _CONN_OPTIONS,
+    ) -> ScriptedStream:
+        stream = ScriptedStream(stt=self, conn_options=conn_options)
+        self.streams.append(stream)
+        return stream
+
+    def fail(self, times: int = 1) -> None:
+        """Report unrecoverable errors, as a stream that gave up does (the base class emits
+        them); past ``max_unrecoverable_errors`` the AgentSession closes itself."""
+        for _ in range(times):
+            error = APIConnectionError("vLLM unreachable", retryable=False)
+            self.emit(
+                "error",
+                stt.STTError(
+                    timestamp=time.time(), label=self.label, error=error, recoverable=False
+                ),
+            )
+
+    async def aclose(self) -> None:
+        if self.close_gate is not None:
+            await self.close_gate.wait()
+        self.closed = True
+
+
+class ScriptedStream(stt.RecognizeStream):
+    pending_interim = ""
+
+    async def _run(self) -> None:
+        async for item in self._input_ch:
+            if isinstance(item, self._FlushSentinel) and self.pending_interim:
+                self.say(speech(stt.SpeechEventType.FINAL_TRANSCRIPT, self.pending_interim))
+                self.say(speech(stt.SpeechEventType.END_OF_SPEECH))
+
+    def say(self, ev: stt.SpeechEvent) -> None:
+        if ev.type == stt.SpeechEventType.INTERIM_TRANSCRIPT:
+            self.pending_interim = ev.alternatives[0].text
+        elif ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+            self.pending_interim = ""
+        self._event_ch.send_nowait(ev)
+
+
+class STTFactory:
+    """``stt_factory`` for a captioner: records every STT it makes, optionally failing first."""
+
+    def __init__(self) -> None:
+        self.made: list[ScriptedSTT] = []
         self.failures_left = 0
         self.hang_on_close = False
 
-    async def __call__(self, participant: rtc.RemoteParticipant) -> FakePipeline:
-        await asyncio.sleep(0)  # starting a real session awaits
+    def __call__(self) -> ScriptedSTT:
         if self.failures_left:
             self.failures_left -= 1
             raise RuntimeError("vLLM unreachable")
-        pipeline = FakePipeline(participant.identity)
+        made = ScriptedSTT()
         if self.hang_on_close:
-            pipeline.close_gate = asyncio.Event()
-        self.pipelines.append(pipeline)
-        return pipeline
+            made.close_gate = asyncio.Event()
+        self.made.append(made)
+        return made
 
-    def of(self, identity: str) -> list[FakePipeline]:
-        return [p for p in self.pipelines if p.identity == identity]
-
-    def live(self) -> set[str]:
-        return {p.identity for p in self.pipelines if not p.closed}
+    def live(self) -> list[ScriptedSTT]:
+        return [s for s in self.made if not s.closed]
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:

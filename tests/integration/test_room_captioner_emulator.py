@@ -1,9 +1,9 @@
-"""The multi-user transcriber end to end, minus the LiveKit server.
+"""RoomCaptioner end to end, minus the LiveKit server.
 
-Real pieces: ``MultiUserTranscriber``, ``CaptionSessionFactory`` (one ``AgentSession`` with
-RoomIO per participant), the Voxtral STT built by ``build_stt``, and the vLLM emulator on
-127.0.0.1. Stand-ins: the room (``FakeRoom``, recording ``lk.transcription`` streams) and the
-participants' microphones (synthesized speech pushed into each session's audio input).
+Real pieces: ``RoomCaptioner`` with one ``AgentSession`` and RoomIO per participant, the Voxtral
+``STT``, and the vLLM emulator on 127.0.0.1. Stand-ins: the room (``FakeRoom``, recording the
+``lk.transcription`` streams) and the participants' microphones (synthesized speech pushed into
+each session's audio input).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -23,10 +22,10 @@ from livekit.agents.types import (
 )
 from livekit.agents.voice.io import AudioInput
 
-from ._fakes import FakeJobContext, FakeRoom, PublishedText, load_example, wait_until
+from livekit_plugins_voxtral_vllm import STT, RoomCaptioner
+from livekit_plugins_voxtral_vllm.testing import VLLMRealtimeEmulator, synthesize
 
-testing = pytest.importorskip("livekit_plugins_voxtral_vllm.testing")
-mut = load_example("multi_user_transcriber")
+from ..fake_livekit import FakeRoom, PublishedText, wait_until
 
 SCRIPTS = {
     "alice": "hello world. <pause:900> the meeting starts now.",
@@ -46,7 +45,7 @@ class Microphone(AudioInput):
         return await self._frames.get()
 
     async def speak(self, script: str, *, rate: int = 48000, frame_ms: int = 10) -> str:
-        speech = testing.synthesize(script, sample_rate=rate)
+        speech = synthesize(script, sample_rate=rate)
         # trailing silence lets the endpointer close the last caption
         samples = np.concatenate([speech.samples, np.zeros(rate * 2, dtype=np.int16)])
         n = rate * frame_ms // 1000
@@ -57,37 +56,28 @@ class Microphone(AudioInput):
         return str(speech.text)
 
 
-@pytest.fixture
-async def emulator() -> AsyncIterator[object]:
-    async with testing.VLLMRealtimeEmulator(fast=True) as emu:
-        yield emu
-
-
 def _finals(captions: list[PublishedText]) -> list[str]:
     return [c.text for c in captions if c.attributes[ATTRIBUTE_TRANSCRIPTION_FINAL] == "true"]
 
 
 async def test_every_participant_gets_their_own_live_captions(
-    emulator: object, caplog: pytest.LogCaptureFixture
+    emulator: VLLMRealtimeEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     room = FakeRoom()
     baseline = asyncio.all_tasks()
-    config = mut.load_config({"VOXTRAL_VLLM_BASE_URL": emulator.url})  # type: ignore[attr-defined]
-    transcriber = mut.MultiUserTranscriber(
-        room,
-        mut.CaptionSessionFactory(
-            room, stt_factory=lambda: mut.build_stt(config), close_transcript_timeout=0.5
-        ),
-        max_participants=config.max_participants,
+    captioner = RoomCaptioner(
+        room, lambda: STT(base_url=emulator.url), close_transcript_timeout=0.5
     )
-    transcriber.start()
-    participants = {name: room.join(name, subscribe=False) for name in SCRIPTS}
-    await wait_until(lambda: all(transcriber.pipeline_for(n) for n in SCRIPTS), timeout=10)
+    captioner.start()
+    participants = {name: room.join(name) for name in SCRIPTS}
+    await wait_until(lambda: all(captioner.session(n) for n in SCRIPTS), timeout=10)
 
     microphones = {}
     for name in SCRIPTS:
         microphones[name] = Microphone()
-        transcriber.pipeline_for(name).session.input.audio = microphones[name]
+        session = captioner.session(name)
+        assert session is not None
+        session.input.audio = microphones[name]
 
     spoken = await asyncio.gather(*(microphones[n].speak(SCRIPTS[n]) for n in SCRIPTS))
     expected = {name: " ".join(text.split()) for name, text in zip(SCRIPTS, spoken, strict=True)}
@@ -116,35 +106,17 @@ async def test_every_participant_gets_their_own_live_captions(
         finals = " ".join(_finals(mine))
         assert " ".join(finals.split()) == expected[name]
 
-    room.leave(participants["bob"])
-    await wait_until(lambda: transcriber.captioned == {"alice", "carol"}, timeout=10)
-    await transcriber.aclose()
+    with caplog.at_level(logging.INFO, logger="livekit.plugins.voxtral_vllm"):
+        room.leave(participants["bob"])
+        await wait_until(lambda: captioner.captioned == {"alice", "carol"}, timeout=10)
+    # the stream's counters are logged when its session closes
+    [stats] = [r.getMessage() for r in caplog.records if "caption stream stats" in r.message]
+    assert stats.startswith("caption stream stats for 'bob': generations=1, reconnects=0")
+    assert "dropped_audio_s=0.00" in stats
+    await captioner.aclose()
 
     leftover = {t for t in asyncio.all_tasks() if not t.done()} - baseline
     assert leftover <= {asyncio.current_task()}
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         gc.collect()
     assert "Unclosed client session" not in caplog.text
-
-
-async def test_entrypoint_wires_config_vad_and_shutdown(emulator: object) -> None:
-    """The worker entrypoint: settings from the setup function, captions for participants
-    already present and joining later, everything closed by the job's shutdown callback."""
-    room = FakeRoom()
-    room.add_existing("early")
-    config = mut.load_config(
-        {"VOXTRAL_VLLM_BASE_URL": emulator.url, "MAX_PARTICIPANTS": "1"}  # type: ignore[attr-defined]
-    )
-    ctx = FakeJobContext(room, {mut._CONFIG_KEY: config, mut._VAD_KEY: None})
-
-    await mut.entrypoint(ctx)
-
-    assert ctx.connected_with == mut.AutoSubscribe.AUDIO_ONLY
-    [shutdown] = ctx.shutdown_callbacks
-    transcriber = shutdown.__self__  # type: ignore[attr-defined]
-    await wait_until(lambda: transcriber.pipeline_for("early") is not None, timeout=10)
-    room.join("late", subscribe=False)
-    assert transcriber.waiting == ("late",)  # MAX_PARTICIPANTS=1 from the config
-
-    await shutdown()
-    assert transcriber.captioned == frozenset()
