@@ -124,8 +124,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         args.remove("--emulator")
         sys.argv = [sys.argv[0], *args]  # LiveKit's CLI parses sys.argv and knows no such flag
-        # job processes inherit the environment, hence the emulator's URL
+        # job processes inherit the environment: the emulator's URL, and the energy endpointer
+        # (the emulator's tone speech is not speech to the default Silero endpointer)
         os.environ["VOXTRAL_VLLM_BASE_URL"] = BackgroundEmulator().start()
+        os.environ.setdefault("VOXTRAL_VLLM_ENDPOINTER", "energy")
         logger.warning("using the vLLM emulator: it transcribes only synthetic test speech")
     command = next((a for a in args if not a.startswith("-")), None)
     if command in ("start", "dev", "connect") and not {"-h", "--help"} & set(args):
