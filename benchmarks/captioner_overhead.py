@@ -13,7 +13,7 @@ the same STT: a no-op model that emits an interim per second of audio and a fina
 so the measured difference is the session machinery. Captions go to the fake room of the tests.
 Prints a table and writes ``benchmarks/results/captioner_overhead.json``.
 
-    .venv/bin/python benchmarks/captioner_overhead.py --participants 10,50,100 --seconds 10
+    .venv/bin/python benchmarks/captioner_overhead.py --participants 10,50,100,200 --seconds 12
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ async def measure(path: str, n: int, seconds: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--participants", default="10,50,100,200")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=12.0)  # 3 caption cycles
     parser.add_argument("--one", help=argparse.SUPPRESS)  # PATH:N, in this process
     args = parser.parse_args()
     if args.one:
