@@ -197,13 +197,22 @@ def _stream_stats(model: stt.STT[Any]) -> list[StreamStats]:
 
 def _log_stats(identity: str, stats: StreamStats) -> None:
     """One line per stream when its session closes: every ``StreamStats`` field, so that a
-    counter added there is logged without a change here."""
+    counter added there is logged without a change here. A warning when the stream met vLLM's
+    blank-token rut (``blank_ruts``, counted by the stream where the rut is detected)."""
     fields = ", ".join(
         f"{name}={value:.2f}" if isinstance(value, float) else f"{name}={value}"
         for name, value in dataclasses.asdict(stats).items()
         if value is not None
     )
-    logger.info("caption stream stats for %r: %s", identity, fields)
+    if getattr(stats, "blank_ruts", 0):
+        logger.warning(
+            "caption stream stats for %r: %s (vLLM answered speech with blank tokens, "
+            "vllm-project/vllm#47614; restart vLLM if it persists)",
+            identity,
+            fields,
+        )
+    else:
+        logger.info("caption stream stats for %r: %s", identity, fields)
 
 
 async def start_caption_session(

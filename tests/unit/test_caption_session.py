@@ -7,6 +7,8 @@ the fake room records every text stream the agent opens, as a frontend would rec
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -23,11 +25,13 @@ from livekit.agents.voice.room_io._output import _ParticipantTranscriptionOutput
 
 from livekit_plugins_voxtral_vllm import RoomCaptioner
 from livekit_plugins_voxtral_vllm.caption_session import (
+    _log_stats,
     caption_room_options,
     caption_turn_handling,
     default_audio_input,
 )
 from livekit_plugins_voxtral_vllm.room_captioner import DEFAULT_CAPTIONED_KINDS
+from livekit_plugins_voxtral_vllm.stream_core import StreamStats
 
 from ..fake_livekit import (
     FakeRoom,
@@ -278,3 +282,20 @@ async def test_legacy_clients_also_get_transcription_packets() -> None:
         "false",
         "true",
     ]
+
+
+def test_stream_stats_are_logged_and_a_rut_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    @dataclasses.dataclass
+    class WithRuts(StreamStats):
+        blank_ruts: int = 0
+
+    with caplog.at_level(logging.INFO, logger="livekit.plugins.voxtral_vllm"):
+        _log_stats("alice", StreamStats(generations=3, dropped_audio_s=1.25))
+        _log_stats("bob", WithRuts(generations=2, blank_ruts=1))
+    alice, bob = caplog.records
+    assert alice.levelno == logging.INFO
+    assert "caption stream stats for 'alice': generations=3," in alice.getMessage()
+    assert "dropped_audio_s=1.25" in alice.getMessage()
+    assert "first_text_latency_s" not in alice.getMessage()  # None: not measured
+    assert bob.levelno == logging.WARNING
+    assert "blank_ruts=1" in bob.getMessage() and "vllm#47614" in bob.getMessage()
