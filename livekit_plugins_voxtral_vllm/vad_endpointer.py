@@ -28,8 +28,11 @@ above ``activation`` follows at least ``resume_gap_ms`` below ``deactivation`` i
 utterance (a word onset, 32 ms resolution).
 
 With several streams, a stream learns the scores of a push at its next push at the latest
-(the batch waits for the other streams' windows), so decisions may come up to one push later
-than the audio that made them; their sample positions are exact. Use :class:`Endpointer`
+(the batch waits for the other streams' windows), so a start may come up to one push later
+than the audio that made it (the pre-roll covers that); its sample position is exact. An end
+is never late: when the windows just pushed may complete the silence that ends an utterance,
+the batch runs at once, so the utterance's audio stops at the decision instead of running a
+push into the next word. Use :class:`Endpointer`
 (``endpointer="energy"`` in the STT) for the previous energy-only endpointer.
 """
 
@@ -238,7 +241,13 @@ class VadEndpointer:
         self._partial = x[whole * WINDOW :]
         if whole:
             self._gate(x[: whole * WINDOW].reshape(whole, WINDOW))
-        if slot.pending and (batch.due() or len(slot.pending) > _MAX_QUEUE_WINDOWS):
+        if slot.pending and (
+            batch.due()
+            or len(slot.pending) > _MAX_QUEUE_WINDOWS
+            # an end may be due in these windows: decide it now, not a push later, so the
+            # utterance's audio stops at the decision (a late end cuts into the next word)
+            or (self._speaking and self._silence + len(self._queue) >= self._min_silence)
+        ):
             batch.run()
         return self._decide()
 

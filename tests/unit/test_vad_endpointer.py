@@ -146,7 +146,11 @@ def test_streams_share_one_call_per_step_and_decide_as_alone() -> None:
     events: list[list[EndpointerEvent]] = [[] for _ in streams]
     for i in range(0, len(streams[0]), 1280):
         for k, (ep, x) in enumerate(zip(eps, streams, strict=True)):
-            events[k] += ep.push(x[i : i + 1280])
+            got = ep.push(x[i : i + 1280])
+            for e in got:
+                if isinstance(e, SpeechEnded):  # an end is decided in the push that holds it
+                    assert i < e.decided_sample <= i + 1280, (k, i, e)
+            events[k] += got
     for k, ep in enumerate(eps):
         events[k] += ep.flush()
     together = [utterances(e) for e in events]
