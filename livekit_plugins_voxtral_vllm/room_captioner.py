@@ -144,12 +144,11 @@ class RoomCaptioner:
             raise TypeError(
                 f"participant_filter must be callable or None, got {participant_filter!r}"
             )
-        kinds = tuple(participant_kinds)
-        bad_kinds = [k for k in kinds if k not in _ALL_KINDS]
-        if not kinds or bad_kinds:
+        kinds = tuple(participant_kinds) if isinstance(participant_kinds, Iterable) else ()
+        if not kinds or any(k not in _ALL_KINDS for k in kinds):
             raise ValueError(
                 "participant_kinds must be a non-empty list of rtc.ParticipantKind values, "
-                f"got {kinds!r}"
+                f"got {participant_kinds!r}"
             )
         if isinstance(max_participants, bool) or not isinstance(max_participants, int):
             raise TypeError(f"max_participants must be an integer, got {max_participants!r}")

@@ -104,7 +104,8 @@ class TestOptions:
             ({"close_timeout": -1}, "close_timeout must be a number of seconds > 0, got -1"),
             ({"close_transcript_timeout": -0.5}, "close_transcript_timeout must be"),
             ({"participant_kinds": []}, "participant_kinds must be a non-empty list"),
-            ({"participant_kinds": [42]}, "got (42,)"),
+            ({"participant_kinds": [42]}, "got [42]"),
+            ({"participant_kinds": 1}, "participant_kinds must be a non-empty list"),
             (
                 {"audio_input": room_io.AudioInputOptions(sample_rate=16000)},
                 "audio_input.pre_connect_audio=True cannot work",
