@@ -23,7 +23,6 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .protocol import SAMPLE_RATE
 
@@ -87,11 +86,11 @@ class FirResampler:
         "_delay",
         "_phases",
         "_window",
-        "_blocks",
         "_buf",
+        "_fill",
         "_buf_start",
-        "_pending",
-        "_pending_n",
+        "_until",
+        "_need",
         "_in",
         "_out",
         "_base_in",
@@ -113,23 +112,18 @@ class FirResampler:
         taps = len(h)
         self._delay = (taps - 1) // 2  # at the design rate
         per_phase = -(-taps // up)
-        blocks = -(-per_phase // down)
-        window = blocks * down
         padded = np.zeros(per_phase * up)
         padded[:taps] = h
-        # residue r of the output index: (phase of the filter, input offset c_r, filter as a
-        # (blocks, down) matrix applied to `window` input samples ending at m * down + c_r)
+        # residue r of the output index: the input offset c_r and the (reversed) sub-filter
+        # applied to the ``per_phase`` input samples ending at m * down + c_r
         phases: list[tuple[int, Float32Array]] = []
         for r in range(up):
             a = r * down + self._delay
             p, c = a % up, a // up
             g = padded[p::up]  # g[j] multiplies x[m * down + c - j]
-            mat = np.zeros(window)
-            mat[window - len(g) :] = g[::-1]
-            phases.append((c, mat.astype(np.float32).reshape(blocks, down)))
+            phases.append((c, np.ascontiguousarray(g[::-1], dtype=np.float32)))
         self._phases = phases
-        self._window = window
-        self._blocks = blocks
+        self._window = per_phase
         self.samples_in = 0
         self.samples_out = 0
         self._reset()
@@ -137,11 +131,23 @@ class FirResampler:
     def _reset(self) -> None:
         self._base_in, self._base_out = self.samples_in, self.samples_out
         self._in = self._out = 0  # since the last reset
-        history = self._window + self._down
-        self._buf: Float32Array = np.zeros(history, dtype=np.float32)
-        self._buf_start = -history  # input index of _buf[0]; negative indices are silence
-        self._pending: list[Float32Array] = []
-        self._pending_n = 0
+        history = self._window + self._down + 1
+        # input from _buf_start (negative indices are the silence before the stream) to _fill
+        self._buf: Float32Array = np.zeros(max(8192, 4 * history), dtype=np.float32)
+        self._fill = history
+        self._buf_start = -history
+        self._until = -1  # the last ``until`` asked for, and the input it needs
+        self._need = 0
+
+    def _append(self, samples: npt.NDArray[np.int16] | Float32Array) -> None:
+        n = len(samples)
+        fill = self._fill
+        if fill + n > len(self._buf):
+            grown = np.zeros(max(fill + n, 2 * len(self._buf)), dtype=np.float32)
+            grown[:fill] = self._buf[:fill]
+            self._buf = grown
+        self._buf[fill : fill + n] = samples
+        self._fill = fill + n
 
     def _available(self, samples_in: int) -> int:
         """Outputs (since the reset) computable from ``samples_in`` input samples."""
@@ -160,11 +166,13 @@ class FirResampler:
         return all the output it allows (else an empty array)."""
         n = len(samples)
         if n:
-            self._pending.append(samples.astype(np.float32))
-            self._pending_n += n
+            self._append(samples)
             self.samples_in += n
             self._in += n
-        if self.samples_in < self.needs_input(until):
+        if until != self._until:
+            self._until = until
+            self._need = self.needs_input(until)
+        if self.samples_in < self._need:
             return _EMPTY
         return self._compute(self._available(self._in))
 
@@ -173,8 +181,7 @@ class FirResampler:
         (the next push is filtered as the start of a stream)."""
         total = -(-self._in * self._up // self._down)  # ceil: as many as the input spans
         pad = self._window + self._delay // self._up + self._down + 1
-        self._pending.append(np.zeros(pad, dtype=np.float32))
-        self._pending_n += pad
+        self._append(np.zeros(pad, dtype=np.float32))
         out = self._compute(total) if total > self._out else _EMPTY
         self._reset()
         return out
@@ -183,33 +190,31 @@ class FirResampler:
         n0 = self._out
         if n_end <= n0:
             return _EMPTY
-        if self._pending:
-            parts = [self._buf, *self._pending]
-            self._buf = np.concatenate(parts)
-            self._pending = []
-            self._pending_n = 0
         buf, start = self._buf, self._buf_start
-        up, down, window, blocks = self._up, self._down, self._window, self._blocks
+        up, down, window = self._up, self._down, self._window
         out = np.empty(n_end - n0, dtype=np.float32)
-        for r, (c, mat) in enumerate(self._phases):
+        for r, (c, g) in enumerate(self._phases):
             m_lo = -(-(n0 - r) // up)
             m_hi = -(-(n_end - r) // up)
             count = m_hi - m_lo
             if count <= 0:
                 continue
             s = m_lo * down + c - window + 1 - start
-            xs = buf[s : s + (count + blocks - 1) * down].reshape(count + blocks - 1, down)
-            view = sliding_window_view(xs, (blocks, down))[:, 0]
-            out[m_lo * up + r - n0 :: up] = np.einsum("mij,ij->m", view, mat)
+            # row m is the window buf[s + m * down : s + m * down + window] (a strided view)
+            view: Float32Array = np.ndarray((count, window), np.float32, buf, s * 4, (down * 4, 4))
+            out[m_lo * up + r - n0 :: up] = np.einsum("mk,k->m", view, g)
         self._out = n_end
         # keep what the next outputs can reach back to
         keep = (n_end * down + self._delay) // up - window - down - 1
         drop = keep - start
         if drop > 0:
-            self._buf = buf[drop:].copy()
+            fill = self._fill
+            buf[: fill - drop] = buf[drop:fill]
+            self._fill = fill - drop
             self._buf_start = keep
         np.rint(out, out=out)
-        np.clip(out, -32768, 32767, out=out)
+        np.minimum(out, 32767.0, out=out)
+        np.maximum(out, -32768.0, out=out)
         result: Int16Array = out.astype(np.int16)
         self.samples_out += len(result)
         return result
