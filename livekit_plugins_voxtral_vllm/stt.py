@@ -1,8 +1,10 @@
 """``STT`` and ``SpeechStream``: the LiveKit glue around :class:`~.stream_core.StreamCore`.
 
-``push_frame`` resamples and cuts each frame into 80 ms chunks at once, in the caller. While
-``_run`` is taking input, a chunk goes straight on to the endpointer and the core; otherwise it
-waits in LiveKit's input channel for the input task. (With a LiveKit VAD, frames go through
+``push_frame`` resamples each frame at once, in the caller, and hands the audio on in one chunk
+as soon as it completes the live generation's next step (``StreamCore.next_step_sample``; every
+80 ms of the stream when no generation is live), so each step's audio leaves the moment it is
+complete. While ``_run`` is taking input, a chunk goes straight on to the endpointer and the
+core; otherwise it waits in LiveKit's input channel for the input task. (With a LiveKit VAD, frames go through
 the channel whole, since the VAD reads them too.) ``_run`` owns that input task, one task per
 vLLM socket ("lane": connect, then read, plus a writer), and one timer handle. Every input goes
 to the core, then :meth:`SpeechStream._pump` carries out the core's actions: it is the only code
@@ -649,8 +651,9 @@ class SpeechStream(stt.RecognizeStream):
             return
         self._check_input_not_ended()
         self._check_not_closed()
-        # Resampled and cut into 80 ms chunks here, in the caller. While _run is taking input
-        # and nothing is queued, a chunk goes straight to the core: no task switch per chunk.
+        # Resampled here, in the caller, and cut where the live generation's next step is
+        # complete. While _run is taking input and nothing is queued, a chunk goes straight
+        # to the core: no task switch per chunk.
         # Otherwise (before _run, between its retries) it waits in the channel, in order.
         chunks = self._pipeline.push_frame(frame)
         if not chunks:
@@ -827,7 +830,7 @@ class SpeechStream(stt.RecognizeStream):
                 await vad_stream.aclose()
 
     def _consume(self, core: StreamCore, item: object) -> None:
-        """One input item: an 80 ms chunk from ``push_frame``, a raw frame (VAD input), or the
+        """One input item: a chunk from ``push_frame``, a raw frame (VAD input), or the
         flush sentinel."""
         now = asyncio.get_running_loop().time()
         endpointer = self._endpointer
@@ -968,7 +971,7 @@ class SpeechStream(stt.RecognizeStream):
             self._consume(core, self._input_ch.recv_nowait())
         now = asyncio.get_running_loop().time()
         if core.stall_due(now):
-            # The resampler and the 80 ms chunker still hold the last few tens of ms: the
+            # The resampler and the pipeline still hold the last few tens of ms: the
             # utterance's final must not cut them off (they hold the end of its last word).
             for chunk in self._pipeline.flush():
                 if self._endpointer is None:
