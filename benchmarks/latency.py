@@ -257,6 +257,8 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
 
     runs: list[Run] = []
     tick_times = array("d")
+    lateness = array("d")
+    cpu_win = [0.0, 0.0]
     try:
         # one short stream first: lazy one-time costs are not anybody's latency
         prime = engine.stream(language="prime")
@@ -299,7 +301,11 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
                 now = time.monotonic()
             if now > end_at:
                 break
+            if not cpu_win[0] and now >= win[0]:
+                t = os.times()
+                cpu_win[0] = t.user + t.system
             tick_times.append(now)
+            lateness.append(now - due)
             for run in runs:
                 if k >= run.start_tick and (k - run.slot) % slots == 0:
                     run.stream.push_frame(run.frames[run.cursor])
@@ -313,6 +319,8 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
                         run.stream.flush()
                         run.flushes.append((time.monotonic(), frame_index))
             k += 1
+        t = os.times()
+        cpu_win[1] = t.user + t.system
         for run in runs:
             run.stream.end_input()
         await asyncio.wait_for(asyncio.gather(*(r.task for r in runs)), 60)
@@ -328,7 +336,11 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
     server = _load_server_log(log_path)
     log_path.unlink(missing_ok=True)
     ticks = np.frombuffer(tick_times, dtype=np.float64)
-    return _analyse(args, rate, fs, slots, runs, rec, server, ticks, win, what, pkg.__file__)
+    out = _analyse(args, rate, fs, slots, runs, rec, server, ticks, win, what, pkg.__file__)
+    late = np.frombuffer(lateness, dtype=np.float64)[(ticks >= win[0]) & (ticks <= win[1])]
+    out["ticker_lateness_ms"] = summary(late.tolist())
+    out["client_cpu_pct_of_one_core"] = round(100 * (cpu_win[1] - cpu_win[0]) / args.measure, 1)
+    return out
 
 
 def _load_server_log(path: Path) -> dict[str, list[list[tuple[float, str]]]]:
@@ -533,7 +545,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     head = (
         f"{'tree':<5} {'config':<8} {'N':>4} {'words':>6}  {'total p50/p95':>13} "
         f"{'floor p50/p95':>13}  {'hold':>9} {'server':>9} {'back':>9} {'deliver':>9}  "
-        f"{'sent->FINAL':>11} {'flush->FINAL':>12}"
+        f"{'sent->FINAL':>11} {'flush->FINAL':>12} {'tick p95':>8} {'CPU%':>5}"
     )
     print(head)
     print("-" * len(head))
@@ -549,7 +561,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{r['tree']:<5} {r['config']:<8} {r['streams']:>4} {r['words']:>6}  "
             f"{pair('total'):>13} {pair('floor'):>13}  {pair('hold'):>9} {pair('server'):>9} "
             f"{pair('back'):>9} {pair('deliver'):>9}  "
-            f"{_f(se['p50']) + '/' + _f(se['p95']):>11} {_f(fl['p50']) + '/' + _f(fl['p95']):>12}"
+            f"{_f(se['p50']) + '/' + _f(se['p95']):>11} {_f(fl['p50']) + '/' + _f(fl['p95']):>12} "
+            f"{_f(r.get('ticker_lateness_ms', {}).get('p95')):>8} "
+            f"{r.get('client_cpu_pct_of_one_core', float('nan')):5.0f}"
         )
     print(
         "\nms, p50/p95. total = word end pushed -> first INTERIM holding it, minus D (480 ms);"
@@ -557,7 +571,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "\nhold = that sample pushed -> the append completing the step left the client;"
         "\nserver = append sent -> delta written by the emulator; back = -> delta read by the"
         "\nclient; deliver = -> INTERIM read by the app. sent->FINAL = sentence end pushed ->"
-        "\nits FINAL; flush->FINAL = flush() -> FINAL."
+        "\nits FINAL; flush->FINAL = flush() -> FINAL. tick p95 = how late the frame ticker ran"
+        "\n(a starved event loop); CPU% = the client process, % of one core."
     )
 
 
@@ -574,6 +589,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, help="s before the window (default 6)")
     parser.add_argument("--measure", type=float, help="window, s (default 30)")
     parser.add_argument("--step-ms", type=float, default=1.0, help="emulated step time, ms")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run each tree this many times, interleaved"
+    )
     parser.add_argument(
         "--output",
         choices=["tokens", "words"],
@@ -601,7 +619,7 @@ def main() -> None:
         if config not in CONFIGS:
             parser.error(f"unknown config {config!r} (choose from {', '.join(CONFIGS)})")
         for n in (int(x) for x in args.streams.split(",")):
-            for name, path in trees:
+            for name, path in trees * args.repeat:
                 print(f"[{name} {config} x {n}] running ...", flush=True)
                 r = run_child(args, name, path, config, n)
                 results.append(r)
