@@ -4,11 +4,12 @@
 as soon as it completes the live generation's next step (``StreamCore.next_step_sample``; every
 80 ms of the stream when no generation is live), so each step's audio leaves the moment it is
 complete. While ``_run`` is taking input, a chunk goes straight on to the endpointer and the
-core; otherwise it waits in LiveKit's input channel for the input task. (With a LiveKit VAD, frames go through
-the channel whole, since the VAD reads them too.) ``_run`` owns that input task, one task per
-vLLM socket ("lane": connect, then read, plus a writer), and one timer handle. Every input goes
-to the core, then :meth:`SpeechStream._pump` carries out the core's actions: it is the only code
-that writes to a socket or emits a SpeechEvent.
+core; otherwise it waits in LiveKit's input channel for the input task. (With a LiveKit VAD,
+frames go through the channel whole, since the VAD reads them too.) ``_run`` owns that input
+task, one task per vLLM socket ("lane": connect, then read, plus a writer for what cannot be
+written at once), and one timer handle. Every input goes to the core, then
+:meth:`SpeechStream._pump` carries out the core's actions: it is the only code that writes to a
+socket or emits a SpeechEvent.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import ssl
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -1112,8 +1113,10 @@ class SpeechStream(stt.RecognizeStream):
 
 
 class _LaneIO:
-    """The socket of one lane. Only its writer sends, so frames keep their order; closing
-    lets the writer flush what is queued (e.g. a final commit) and then close the socket."""
+    """The socket of one lane. Frames are written at once, in the caller, when nothing is
+    queued: a step's audio reaches the socket with no task switch. When the transport pushes
+    back (flow control) or frames are already waiting, the writer task sends them, in order.
+    Closing lets the writer flush what is queued (e.g. a final commit) and then close."""
 
     def __init__(self, lane: int, on_lost: Callable[[_LaneIO, str], None]) -> None:
         self.lane = lane
@@ -1123,10 +1126,17 @@ class _LaneIO:
         self.closed = False
         self._outbox: list[str] = []
         self._wake = asyncio.Event()
+        self._busy = False  # the writer task is sending
+        self._resume: _Resumed | None = None  # a direct send the transport paused
 
     def send(self, frames: list[str]) -> None:
         if self.closed:
             return
+        ws = self.ws
+        if ws is not None and not self._busy and not self._outbox and self._resume is None:
+            frames = self._write_now(ws, frames)
+            if not frames and self._resume is None:
+                return
         self._outbox.extend(frames)
         if len(self._outbox) > _MAX_OUTBOX:
             # vLLM stopped reading: drop the socket; the core replays what it is owed
@@ -1138,16 +1148,41 @@ class _LaneIO:
             return
         self._wake.set()
 
+    def _write_now(self, ws: aiohttp.ClientWebSocketResponse, frames: list[str]) -> list[str]:
+        """Write frames until one cannot complete at once; return those not started."""
+        for i, frame in enumerate(frames):
+            # An uncompressed aiohttp send writes to the transport synchronously and awaits
+            # only when the transport is paused: run it until then.
+            coro = ws.send_str(frame)
+            try:
+                yielded = coro.send(None)
+            except StopIteration:
+                continue
+            except Exception:
+                # the writer task meets the same error and the lane ends as before
+                coro.close()
+                return frames[i:]
+            self._resume = _Resumed(coro, yielded)
+            return frames[i + 1 :]
+        return []
+
     async def write_loop(self) -> None:
         ws = self.ws
         assert ws is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                for frame in batch:
-                    await ws.send_str(frame)
+            self._busy = True
+            try:
+                if self._resume is not None:
+                    await self._resume
+                    self._resume = None
+                while self._outbox:
+                    batch, self._outbox = self._outbox, []
+                    for frame in batch:
+                        await ws.send_str(frame)
+            finally:
+                self._busy = False
             if self.closed:
                 await ws.close()
                 return
@@ -1168,6 +1203,34 @@ class _LaneIO:
             await utils.aio.cancel_and_wait(self.task)
         if self.ws is not None and not self.ws.closed:
             await self.ws.close()
+
+
+class _Resumed:
+    """The rest of a send coroutine that was started in the caller and paused (it is
+    waiting for the transport to drain): awaiting this finishes it, like ``await coro``
+    would have, ``yielded`` being what it paused on."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coro, value = self._coro, self._yielded
+        while True:
+            try:
+                yield value
+            except BaseException as e:  # cancellation included: the send sees it
+                try:
+                    value = coro.throw(e)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = coro.send(None)
+                except StopIteration:
+                    return
 
 
 class _ConfigurationFailure(Exception):
