@@ -652,13 +652,9 @@ class RealtimeEngine:
             gen.words_heard.extend(words)
         stream = gen._stream
         if self.in_rut:
-            # vllm#47614: the model is stuck on the pad; what it heard is never emitted.
+            # vllm#47614: the model is stuck on the pad; what it hears is never emitted.
             gen.rut_steps += 1
-            if stream is not None:
-                stream.clear()
-                delta = stream.step(pad=True)
-            else:
-                delta = ""
+            delta = stream.step(rut=True) if stream is not None else ""
         elif stream is not None:
             stream.add_words(words, self.hold_steps)
             delta = stream.step()

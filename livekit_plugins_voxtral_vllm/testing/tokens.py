@@ -187,9 +187,12 @@ class TokenStream:
     """
 
     def __init__(self, record: bool = True) -> None:
-        self._queue: deque[tuple[int, int]] = deque()  # (token, first step it may go out)
+        # (token, first step it may go out, index of its word)
+        self._queue: deque[tuple[int, int, int]] = deque()
         self._detok = IncrementalDetokenizer()
         self._hold_until = 0
+        self._words = 0
+        self._last_word = -1
         self._record = record
         self.steps = 0
         self.tokens: list[int] = []
@@ -207,20 +210,24 @@ class TokenStream:
             if hold_steps > 0 and self._hold_until <= step:
                 self._hold_until = step + hold_steps
             release = self._hold_until if hold_steps > 0 else step
-            self._queue.extend((token, release) for token in encode(text))
+            word = self._words
+            self._words += 1
+            self._queue.extend((token, release, word) for token in encode(text))
 
-    def clear(self) -> None:
-        """Forget the queued tokens (a rut: the model never emits them)."""
-        self._queue.clear()
-
-    def step(self, pad: bool = False) -> str:
-        """Emit one token (the pad if ``pad``, or if nothing is queued and released); returns
-        its delta."""
+    def step(self, rut: bool = False) -> str:
+        """Emit one token and return its delta: the oldest queued token once released, else
+        the pad. In a ``rut`` the word being emitted is finished (so no character is left
+        half-sent), then only pads come and the words not begun are lost."""
         queue = self._queue
-        if not pad and queue and queue[0][1] <= self.steps:
-            token = queue.popleft()[0]
-        else:
-            token = PAD_ID
+        token = PAD_ID
+        if queue:
+            head, release, word = queue[0]
+            if rut and word != self._last_word:
+                queue.clear()
+            elif rut or release <= self.steps:
+                queue.popleft()
+                token = head
+                self._last_word = word
         self.steps += 1
         if self._record:
             self.tokens.append(token)
