@@ -123,8 +123,7 @@ class IncrementalDetokenizer:
         self._tokens: list[_Piece] = self._convert([int(i) for i in prompt_ids[-7:]])
         self._read_offset = len(self._tokens)
         self._prefix_offset = max(self._read_offset - 5, 0)
-        self.text = ""
-        """The concatenated deltas so far."""
+        self._parts: list[str] = []
 
     def step(self, token_id: int) -> str:
         """Feed the next generated token; returns its delta (often ``""``)."""
@@ -145,8 +144,13 @@ class IncrementalDetokenizer:
             return ""
         delta = new_text[len(prefix_text) :]
         self._prefix_offset, self._read_offset = read, output_count
-        self.text += delta
+        self._parts.append(delta)
         return delta
+
+    @property
+    def text(self) -> str:
+        """The concatenated deltas so far."""
+        return "".join(self._parts)
 
     # MistralTokenizer.convert_ids_to_tokens(ids, skip_special_tokens=True)
     def _convert(self, ids: list[int]) -> list[_Piece]:
