@@ -399,6 +399,7 @@ class RealtimeEngine:
         self._error_after: int | None = None
         self._error_message = ""
         self._drop_after: int | None = None
+        self._rut_after: int | None = None
         self._record: ReceivedMessage | None = None
 
         self._emit(dump(SessionCreated(id=self.session_id, created=created)))
@@ -642,6 +643,17 @@ class RealtimeEngine:
         """Whether steps emit only pads now (:attr:`rut` or :attr:`rut_all`)."""
         return self.rut or self.rut_all
 
+    def schedule_rut(self, after_steps: int) -> None:
+        """Fall into the rut (:attr:`rut`) once ``after_steps`` more steps have run on this
+        connection (0: from the next step)."""
+        if after_steps < 0:
+            raise ValueError(f"after_steps must be >= 0, got {after_steps}")
+        if after_steps == 0:
+            self.rut = True
+            self._rut_after = None
+        else:
+            self._rut_after = after_steps
+
     def _step(self, gen: Generation, now: float) -> None:
         step = gen.steps
         decoder = gen._decoder
@@ -678,6 +690,11 @@ class RealtimeEngine:
                 )
             else:
                 gen._token_deadline = now + self.engine_iteration_timeout_s
+        if self._rut_after is not None:
+            self._rut_after -= 1
+            if self._rut_after <= 0:
+                self._rut_after = None
+                self.rut = True
         if self._drop_after is not None:
             self._drop_after -= 1
             if self._drop_after <= 0:

@@ -306,6 +306,11 @@ class EmulatedConnection:
     def rut(self, value: bool) -> None:
         self.engine.rut = bool(value)
 
+    def rut_after(self, steps: int) -> None:
+        """This connection falls into the rut once ``steps`` more engine steps have run on it
+        (its earlier words are transcribed; from then on only pads)."""
+        self.engine.schedule_rut(steps)
+
     def limit_generation(self, steps: int) -> None:
         """Per-generation max_model_len fault: the running generation of this connection (or
         its next one) gets vLLM >= 0.32's unsolicited ``done`` once it has run ``steps``
@@ -505,6 +510,7 @@ class VLLMRealtimeEmulator:
         self._rut = False
         self._hold_steps = 0
         self._rut_next = 0
+        self._rut_next_after = 0
         self._generations_started = 0
         self._generation_max_steps: GenerationLimits | None = None
         if generation_max_steps is not None:
@@ -779,12 +785,16 @@ class VLLMRealtimeEmulator:
         for conn in self.connections:
             conn.engine.hold_steps = self._hold_steps
 
-    def rut_next_connections(self, count: int = 1) -> None:
-        """The next ``count`` connections accepted are in the rut from their first step (for
-        clients that open their sockets themselves); later ones are healthy."""
+    def rut_next_connections(self, count: int = 1, *, after_steps: int = 0) -> None:
+        """The next ``count`` connections accepted fall into the rut after their first
+        ``after_steps`` steps (0: from their first step), for clients that open their sockets
+        themselves; later connections are healthy."""
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
+        if after_steps < 0:
+            raise ValueError(f"after_steps must be >= 0, got {after_steps}")
         self._rut_next = count
+        self._rut_next_after = after_steps
 
     @property
     def generation_max_steps(self) -> GenerationLimits | None:
@@ -937,7 +947,7 @@ class VLLMRealtimeEmulator:
         engine.hold_steps = self._hold_steps
         if self._rut_next > 0:
             self._rut_next -= 1
-            engine.rut = True
+            engine.schedule_rut(self._rut_next_after)
         if self._engine_dead:
             engine.kill_engine(now)
         conn = EmulatedConnection(self, engine, ws, request, now)

@@ -123,3 +123,22 @@ async def test_language_is_the_speakers_and_changes_at_runtime() -> None:
         assert done["text"] == "公園で散歩"
         with pytest.raises(ValueError, match="unsupported emulator language 'ko'"):
             emu.language = "ko"
+
+
+async def test_rut_after_some_steps(emulator: VLLMRealtimeEmulator) -> None:
+    speech = synthesize("hello everyone <pause:1500> the meeting starts now", tail_ms=1500)
+    end_of_everyone = round(speech.words[1].end_s * 16000)
+    steps_for_two_words = -(-end_of_everyone // 1280) + 1
+    emulator.rut_next_connections(1, after_steps=steps_for_two_words)
+    stuck = await open_client(emulator)
+    _, done = await stuck.transcribe(speech.samples)
+    assert done["text"] == " hello everyone"  # the rest fell into the rut
+    assert emulator.connections[0].rut
+    fresh = await open_client(emulator)
+    assert not emulator.connections[1].rut
+    fresh_conn = emulator.connections[1]
+    fresh_conn.rut_after(steps_for_two_words)
+    _, done = await fresh.transcribe(speech.samples)
+    assert done["text"] == " hello everyone"
+    with pytest.raises(ValueError, match="after_steps must be >= 0"):
+        emulator.rut_next_connections(1, after_steps=-1)
