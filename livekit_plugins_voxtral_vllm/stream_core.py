@@ -98,6 +98,10 @@ class CoreOptions:
     max_model_len: int | None = None
     rollover_fraction: float = 0.85
     max_lanes: int = 2
+    warm_lanes: int = 1
+    """Idle sockets kept open for the next utterance: 1 (a warm socket), or 0 (one socket per
+    utterance, opened at speech start and closed after ``done``, so a least-connections
+    balancer in front of several servers counts running generations)."""
     history_s: float = 20.0
     max_lag_s: float = 5.0
     lag_grace_s: float = 2.0
@@ -131,6 +135,9 @@ class SendOnLane:
 @dataclass(frozen=True, slots=True)
 class CloseLane:
     lane: int
+    fault: str | None = None
+    """Why, when the server failed the lane (a generation lost on it, no output): the glue
+    tells its endpoint pool. None for an ordinary close."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +251,7 @@ class _Lane:
     lane: int
     conn: RealtimeConnection | None = None  # None while the socket is connecting
     gen: _Generation | None = None
+    fault: str | None = None  # a generation was lost on it
 
 
 class StreamCore:
@@ -349,8 +357,8 @@ class StreamCore:
     # -- app inputs ------------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
-        """Open the warm lane (prewarm)."""
-        self._ensure_lanes(1)
+        """Open the warm lane (prewarm), unless ``warm_lanes`` is 0."""
+        self._ensure_lanes(self._opts.warm_lanes)
 
     def push_audio(self, samples: np.ndarray, now: float) -> None:
         """Append 16 kHz mono int16 audio to the stream and send it to the live generation."""
@@ -440,7 +448,7 @@ class StreamCore:
             if not isinstance(a, (StreamFailed, OpenLane, CloseLane, SendOnLane))
         ]
         self._assign(now)
-        self._ensure_lanes(1)
+        self._ensure_lanes(self._opts.warm_lanes)
 
     def close(self) -> None:
         """Forget every lane (the glue closes the sockets)."""
@@ -489,7 +497,7 @@ class StreamCore:
         if self._reconnect_at is not None and now >= self._reconnect_at:
             self._reconnect_at = None
             self._assign(now)
-            self._ensure_lanes(1)
+            self._ensure_lanes(self._opts.warm_lanes)
         if self.stall_due(now):
             self.input_stalled(now)
         for lane in list(self._lanes.values()):
@@ -546,7 +554,7 @@ class StreamCore:
         lane = self._lanes.pop(lane_id, None)
         if lane is None:
             return
-        self._actions.append(CloseLane(lane_id))
+        self._actions.append(CloseLane(lane_id, fault=reason))
         if lane.conn is not None:
             lane.conn.connection_lost(now)
             self._process_lane_events(lane, now, assign=False)
@@ -573,7 +581,7 @@ class StreamCore:
             self._reconnect_at = now + backoff
             return
         self._assign(now)
-        self._ensure_lanes(1)
+        self._ensure_lanes(self._opts.warm_lanes)
 
     def _ensure_lanes(self, wanted: int) -> None:
         """Open lanes until ``wanted`` exist (at most max_lanes), unless backing off."""
@@ -637,8 +645,8 @@ class StreamCore:
         self._trim_idle_lanes()
 
     def _trim_idle_lanes(self) -> None:
-        """Keep one warm idle lane (none after end of input); close the rest."""
-        keep = 0 if self._input_ended else 1
+        """Keep ``warm_lanes`` idle lanes (none after end of input); close the rest."""
+        keep = 0 if self._input_ended else self._opts.warm_lanes
         for lane in list(self._lanes.values()):
             if lane.gen is not None or lane.conn is None:
                 continue
@@ -659,7 +667,7 @@ class StreamCore:
             if lane.conn is not None:
                 lane.conn.close()
                 self._collect(lane)
-            self._actions.append(CloseLane(lane_id))
+            self._actions.append(CloseLane(lane_id, fault=lane.fault))
 
     def _collect(self, lane: _Lane) -> None:
         if lane.conn is not None:
@@ -780,6 +788,7 @@ class StreamCore:
                 if gen is None:
                     continue
                 lane.gen = None
+                lane.fault = ev.reason
                 self.stats.lost_generations += 1
                 self._losses += 1
                 logger.warning("generation %d lost: %s", gen.gid, ev.reason)
