@@ -21,7 +21,7 @@ import os
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,11 +47,12 @@ from livekit.agents.utils import AudioBuffer, is_given
 from . import protocol
 from .audio import AudioPipeline
 from .connection import RealtimeConnection
-from .discovery import ServerInfo, discover, normalize_realtime_url
+from .discovery import ServerInfo, discover
 from .endpointer import Endpointer, EndpointerOptions
 from .endpointer import SpeechEnded as EpSpeechEnded
 from .endpointer import SpeechResumed as EpSpeechResumed
 from .endpointer import SpeechStarted as EpSpeechStarted
+from .endpoints import EndpointPool, EndpointState, parse_endpoints
 from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
 from .generation_cap import DEFAULT_MAX_GENERATION_S, GenerationCap
 from .log import logger
@@ -87,11 +88,28 @@ _ENV_ENDPOINTER = "VOXTRAL_VLLM_ENDPOINTER"
 _ENDPOINTERS = ("silero", "energy")
 _WARM_SOCKET_S = 15.0  # how long a prewarmed socket waits for its stream
 _MAX_OUTBOX = 400  # ~32 s of 80 ms appends waiting on one socket: the server stopped reading
+_PROBE_TIMEOUT_S = 2.0  # a suspect endpoint's /health (and /version, /v1/models) probe
+SocketMode = Literal["warm", "per_utterance"]
+_POOLS: weakref.WeakValueDictionary[tuple[tuple[str, ...], float], EndpointPool] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _shared_pool(urls: tuple[str, ...], cooldown_s: float) -> EndpointPool:
+    """One pool per endpoint list in a process: a replica one stream found dead is skipped
+    by the others too."""
+    key = (urls, cooldown_s)
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = EndpointPool(urls, cooldown_s=cooldown_s, max_cooldown_s=max(60.0, cooldown_s))
+        _POOLS[key] = pool
+    return pool
 
 
 @dataclass(frozen=True)
 class _STTOptions:
     base_url: str
+    endpoints: tuple[str, ...]
     model: str
     api_key: str | None
     language: str
@@ -107,6 +125,8 @@ class _STTOptions:
     generation_timeout_s: float
     max_outage_s: float
     discover_server: bool
+    socket_mode: SocketMode
+    endpoint_cooldown_s: float
 
     def __repr__(self) -> str:  # never show the API key
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -119,8 +139,13 @@ class STT(stt.STT[Literal["metrics_collected"]]):
 
     Args:
         base_url: the server, as ``ws(s)://host:port[/v1/realtime]``, ``http(s)://...`` or a
-            bare ``host:port``. Default ``$VOXTRAL_VLLM_BASE_URL``, else
-            ``ws://127.0.0.1:8000/v1/realtime``.
+            bare ``host:port``; or several vLLM replicas, as a list or a comma-separated
+            string. Default ``$VOXTRAL_VLLM_BASE_URL`` (comma-separated for several), else
+            ``ws://127.0.0.1:8000/v1/realtime``. With several, each stream starts on a random
+            healthy one and moves to another when its server refuses, drops, loses a
+            generation or stops answering, replaying from the last final (see
+            :mod:`~.endpoints`). For many replicas, a load balancer in front of them
+            (README, "Scaling out") is the other way.
         model: the served model name. Default ``$VOXTRAL_VLLM_MODEL``, else
             ``mistralai/Voxtral-Mini-4B-Realtime-2602``.
         api_key: vLLM's ``--api-key``, sent only as ``Authorization: Bearer``. Default
@@ -155,7 +180,16 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             replayed on a new connection.
         max_outage_s: how long a server that cannot be reached (a vLLM restart loads weights
             and compiles for minutes) is retried before the stream fails; the last 20 s of
-            audio are replayed when it is back, older audio is dropped and counted.
+            audio are replayed when it is back, older audio is dropped and counted. With
+            several endpoints, the outage is every one of them being unreachable.
+        socket_mode: ``"warm"`` keeps one idle socket open per stream for its next utterance;
+            ``"per_utterance"`` opens a socket at speech start (the connect overlaps the
+            pre-roll and the endpointer's decision time) and closes it after ``done``, so a
+            least-connections load balancer counts running generations, not idle streams.
+            Use it behind a balancer.
+        endpoint_cooldown_s: with several endpoints, how long one that failed is skipped
+            (doubling with each failure in a row, up to 60 s) before its ``/health`` is asked
+            again.
         http_session: an aiohttp session to use (default: the job's, or one owned here).
         ssl_context: for ``wss://`` with a private CA or client certificates.
         target_streaming_delay_ms: accepted for compatibility and ignored: the delay is a
@@ -165,7 +199,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
     def __init__(
         self,
         *,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         model: str | None = None,
         api_key: str | None = None,
         language: str | None = None,
@@ -186,6 +220,8 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         generation_timeout_s: float = 10.0,
         max_outage_s: float = 180.0,
         discover_server: bool = True,
+        socket_mode: SocketMode = "warm",
+        endpoint_cooldown_s: float = 5.0,
         http_session: aiohttp.ClientSession | None = None,
         ssl_context: ssl.SSLContext | None = None,
         target_streaming_delay_ms: int | None = None,
@@ -199,7 +235,10 @@ class STT(stt.STT[Literal["metrics_collected"]]):
                 manual_flush=True,
             )
         )
-        url = base_url if base_url is not None else os.environ.get(_ENV_URL) or DEFAULT_BASE_URL
+        url: str | Sequence[str] = (
+            base_url if base_url is not None else os.environ.get(_ENV_URL) or DEFAULT_BASE_URL
+        )
+        endpoints = parse_endpoints(url)
         model_name = model if model is not None else os.environ.get(_ENV_MODEL) or DEFAULT_MODEL
         key = api_key if api_key is not None else os.environ.get(_ENV_KEY) or None
         if not isinstance(model_name, str) or not model_name.strip():
@@ -219,6 +258,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             ("input_stall_s", input_stall_s, 0.1),
             ("generation_timeout_s", generation_timeout_s, 1.0),
             ("max_outage_s", max_outage_s, 0.0),
+            ("endpoint_cooldown_s", endpoint_cooldown_s, 0.1),
         ):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < lo:
                 raise ValueError(f"{name} must be a number >= {lo}, got {value!r}")
@@ -228,6 +268,8 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             raise ValueError(
                 f"lag_policy must be 'catch_up' or 'wait', got {lag_policy!r}"
             ) from None
+        if socket_mode not in ("warm", "per_utterance"):
+            raise ValueError(f"socket_mode must be 'warm' or 'per_utterance', got {socket_mode!r}")
         if vad is not None and not isinstance(vad, lk_vad.VAD):
             raise TypeError(f"vad must be a livekit.agents.vad.VAD or None, got {type(vad)!r}")
         kind = endpointer if endpointer is not None else os.environ.get(_ENV_ENDPOINTER) or "silero"
@@ -251,7 +293,8 @@ class STT(stt.STT[Literal["metrics_collected"]]):
                 target_streaming_delay_ms,
             )
         self._opts = _STTOptions(
-            base_url=normalize_realtime_url(url),
+            base_url=endpoints[0],
+            endpoints=endpoints,
             model=model_name,
             api_key=key,
             language=language or "",
@@ -271,20 +314,28 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             generation_timeout_s=float(generation_timeout_s),
             max_outage_s=float(max_outage_s),
             discover_server=discover_server,
+            socket_mode=socket_mode,
+            endpoint_cooldown_s=float(endpoint_cooldown_s),
         )
+        self._pool = _shared_pool(endpoints, float(endpoint_cooldown_s))
         self._vad = vad
         self._ssl = ssl_context
         self._session = http_session
         self._own_session: aiohttp.ClientSession | None = None
         self._own_ws_session: aiohttp.ClientSession | None = None
-        self._server_info: ServerInfo | None = None
-        self._discovery: asyncio.Task[ServerInfo] | None = None
-        self._warm: asyncio.Task[aiohttp.ClientWebSocketResponse | None] | None = None
+        self._infos: dict[str, ServerInfo] = {}
+        self._discoveries: dict[str, asyncio.Task[ServerInfo]] = {}
+        # endpoints this STT cannot use (its model not served, a broken version): url -> why
+        self._excluded: dict[str, str] = {}
+        self._warm: asyncio.Task[tuple[str, aiohttp.ClientWebSocketResponse] | None] | None = None
         self._warm_closing: asyncio.Future[bool] | None = None
         self._streams: weakref.WeakSet[SpeechStream] = weakref.WeakSet()
 
     def __repr__(self) -> str:
-        return f"voxtral_vllm.STT(base_url={self._opts.base_url!r}, model={self._opts.model!r})"
+        url: str | tuple[str, ...] = (
+            self._opts.base_url if len(self._opts.endpoints) == 1 else self._opts.endpoints
+        )
+        return f"voxtral_vllm.STT(base_url={url!r}, model={self._opts.model!r})"
 
     @property
     def model(self) -> str:
@@ -296,12 +347,23 @@ class STT(stt.STT[Literal["metrics_collected"]]):
 
     @property
     def base_url(self) -> str:
+        """The (first) endpoint, normalised."""
         return self._opts.base_url
 
     @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint, normalised, in the given order."""
+        return self._opts.endpoints
+
+    @property
     def server_info(self) -> ServerInfo | None:
-        """What the server said about itself, once discovery ran."""
-        return self._server_info
+        """What the (first) server said about itself, once discovery ran."""
+        return self._infos.get(self._opts.base_url)
+
+    def endpoint_info(self, url: str) -> ServerInfo | None:
+        """What the endpoint ``url`` (as in :attr:`endpoints`) said about itself, if it was
+        asked yet."""
+        return self._infos.get(url)
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -343,52 +405,78 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             stream.update_options(language=language, segmenter=seg)
 
     def prewarm(self) -> None:
-        """Ask the server about itself and open a socket now, ahead of the first stream (which
-        adopts the socket if it comes within ``_WARM_SOCKET_S``)."""
+        """Ask the servers about themselves and (``socket_mode="warm"``) open a socket now,
+        ahead of the first stream (which adopts the socket if it comes within
+        ``_WARM_SOCKET_S``)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._start_discovery()
+        for url in self._opts.endpoints:
+            self._start_discovery(url)
+        if self._opts.socket_mode != "warm":
+            return
         if self._warm is None or self._warm.done():
             self._warm = asyncio.create_task(self._open_warm(), name="voxtral_vllm.prewarm")
 
-    async def _open_warm(self) -> aiohttp.ClientWebSocketResponse | None:
+    async def _open_warm(self) -> tuple[str, aiohttp.ClientWebSocketResponse] | None:
+        choice = self._pool.choose(asyncio.get_running_loop().time(), skip=self._excluded)
+        if choice is None or choice.probe:
+            return None
         try:
-            ws = await self._connect_ws(self._opts, DEFAULT_API_CONNECT_OPTIONS.timeout)
+            ws = await self._connect_ws(
+                self._opts, DEFAULT_API_CONNECT_OPTIONS.timeout, url=choice.url
+            )
         except Exception as e:  # the stream will connect (and report) on its own
             logger.debug("prewarm: %s", e)
             return None
         # Nobody reads it, so nobody answers the server's pings: do not keep it long.
         asyncio.get_running_loop().call_later(_WARM_SOCKET_S, self._expire_warm, ws)
-        return ws
+        return choice.url, ws
 
     def _expire_warm(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        if self._warm is not None and self._warm.done() and self._warm.result() is ws:
+        warm = self._warm
+        if warm is not None and warm.done() and (warm.result() or ("", None))[1] is ws:
             self._warm = None
         if not ws.closed:
             self._warm_closing = asyncio.ensure_future(ws.close())
 
-    def _take_warm_socket(self) -> aiohttp.ClientWebSocketResponse | None:
-        """The prewarmed socket, if one is open and unclaimed."""
-        warm, self._warm = self._warm, None
+    def _take_warm_socket(
+        self, endpoint: str | None
+    ) -> tuple[str, aiohttp.ClientWebSocketResponse] | None:
+        """The prewarmed socket, if one is open, unclaimed, and on ``endpoint`` (any healthy
+        endpoint when None)."""
+        warm = self._warm
         if warm is None or not warm.done() or warm.cancelled() or warm.exception() is not None:
+            self._warm = None
             if warm is not None and not warm.done():
                 warm.cancel()
             return None
-        ws = warm.result()
-        return ws if ws is not None and not ws.closed else None
+        got = warm.result()
+        if got is None or got[1].closed:
+            self._warm = None
+            return None
+        url = got[0]
+        now = asyncio.get_running_loop().time()
+        if (endpoint is not None and url != endpoint) or self._pool.state(
+            url, now
+        ) is not EndpointState.HEALTHY:
+            return None  # not for this stream; it expires on its own
+        self._warm = None
+        return got
 
     async def aclose(self) -> None:
-        if self._discovery is not None and not self._discovery.done():
-            await utils.aio.cancel_and_wait(self._discovery)
+        tasks, self._discoveries = list(self._discoveries.values()), {}
+        for task in tasks:
+            if not task.done():
+                await utils.aio.cancel_and_wait(task)
         warm, self._warm = self._warm, None
         if warm is not None:
             await utils.aio.cancel_and_wait(warm)
             if not warm.cancelled() and warm.exception() is None:
-                ws = warm.result()
-                if ws is not None:
-                    await ws.close()
+                got = warm.result()
+                if got is not None:
+                    await got[1].close()
         for own in (self._own_session, self._own_ws_session):
             if own is not None:
                 await own.close()
@@ -420,44 +508,77 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             )
         return self._own_ws_session
 
-    def _start_discovery(self) -> asyncio.Task[ServerInfo]:
-        if self._discovery is None or (
-            self._discovery.done()
-            and (self._discovery.cancelled() or self._discovery.exception() is not None)
-        ):
-            self._discovery = asyncio.create_task(self._discover(), name="voxtral_vllm.discover")
-        return self._discovery
+    def _start_discovery(self, url: str) -> asyncio.Task[ServerInfo]:
+        task = self._discoveries.get(url)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = asyncio.create_task(self._discover(url), name="voxtral_vllm.discover")
+            self._discoveries[url] = task
+        return task
 
-    async def _discover(self) -> ServerInfo:
+    async def _discover(self, url: str, timeout: float = 5.0) -> ServerInfo:
         info = await discover(
             self._http_session(),
-            self._opts.base_url,
+            url,
             api_key=self._opts.api_key,
+            timeout=timeout,
             ssl_context=self._ssl,
         )
-        self._server_info = info
-        quirks = info.quirks
-        for note in quirks.describe():
-            logger.warning("vLLM %s: %s", info.version, note)
+        before = self._infos.get(url)
+        self._infos[url] = info
+        if before is None or (before.version, before.models) != (info.version, info.models):
+            where = f" at {url}" if len(self._opts.endpoints) > 1 else ""
+            for note in info.quirks.describe():
+                logger.warning("vLLM %s%s: %s", info.version, where, note)
+            self._review(url, info)
+            if before is not None:  # a replica came back different (e.g. upgraded)
+                for stream in list(self._streams):
+                    stream._refresh_limits()
         return info
 
-    async def _server_facts(self, timeout: float) -> ServerInfo | None:
-        """Discovery result, waiting at most ``timeout`` for it (None when unavailable)."""
+    def _review(self, url: str, info: ServerInfo) -> None:
+        """With several endpoints, one whose discovery shows this STT cannot use it (its model
+        is not served there, or its version breaks the API key) is skipped, not fatal."""
+        if len(self._opts.endpoints) == 1:
+            return  # the stream reports the problem itself, with the server's own words
+        problem = None
+        if self._opts.api_key and info.quirks.api_key_breaks_websocket:
+            problem = f"vLLM {info.version} cannot serve /v1/realtime with --api-key"
+        elif info.models and info.model(self._opts.model) is None:
+            problem = f"it does not serve {self._opts.model!r} (it serves: " + (
+                ", ".join(m.id for m in info.models) + ")"
+            )
+        if problem is None:
+            if self._excluded.pop(url, None) is not None:
+                logger.info("vLLM endpoint %s is usable again", url)
+        elif self._excluded.get(url) != problem:
+            self._excluded[url] = problem
+            logger.warning("skipping vLLM endpoint %s: %s", url, problem)
+
+    async def _server_facts(self, timeout: float) -> dict[str, ServerInfo] | None:
+        """What the endpoints said about themselves, waiting at most ``timeout`` for them
+        (None when discovery is off or nothing answered in time)."""
         if not self._opts.discover_server:
             return None
-        if self._server_info is not None:
-            return self._server_info
-        task = self._start_discovery()
+        tasks = [self._start_discovery(url) for url in self._opts.endpoints]
+        if not all(url in self._infos for url in self._opts.endpoints):
+            await asyncio.wait(tasks, timeout=timeout)  # (leaves the tasks running)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                # discovery must never break transcription
+                logger.debug("vLLM discovery failed: %s", task.exception())
+        return dict(self._infos) or None
+
+    async def _probe(self, url: str) -> bool:
+        """Ask a suspect endpoint's ``/health`` (and refresh what it says about itself)."""
         try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
-            return None
-        except Exception as e:  # discovery must never break transcription
-            logger.debug("vLLM discovery failed: %s", e)
-            return None
+            info = await self._discover(url, timeout=_PROBE_TIMEOUT_S)
+        except Exception as e:  # an unreachable server is what a probe is for
+            logger.debug("probe of %s: %s", url, e)
+            return False
+        return bool(info.healthy) and url not in self._excluded
 
     async def _refusal_error(
-        self, message: str, code: ErrorCode | None, timeout: float
+        self, message: str, code: ErrorCode | None, timeout: float, url: str | None = None
     ) -> APIStatusError:
         """The non-retryable error for a refused session; for a model the server does not
         serve, it lists the models it does serve."""
@@ -465,7 +586,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             try:
                 info = await discover(
                     self._http_session(),
-                    self._opts.base_url,
+                    url or self._opts.base_url,
                     api_key=self._opts.api_key,
                     timeout=min(5.0, timeout),
                     ssl_context=self._ssl,
@@ -479,15 +600,17 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         return APIStatusError(message, status_code=400, retryable=False)
 
     async def _connect_ws(
-        self, opts: _STTOptions, timeout: float
+        self, opts: _STTOptions, timeout: float, url: str | None = None
     ) -> aiohttp.ClientWebSocketResponse:
-        """Open one ``/v1/realtime`` socket; raises LiveKit API errors (overridable in tests)."""
+        """Open one ``/v1/realtime`` socket to ``url`` (default: the first endpoint); raises
+        LiveKit API errors (overridable in tests)."""
         headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
         session = self._ws_session()
+        target = url or opts.base_url
 
         async def connect() -> Any:
             return await session.ws_connect(
-                opts.base_url,
+                target,
                 headers=headers,
                 heartbeat=20.0,
                 ssl=self._ssl if self._ssl is not None else True,
@@ -497,21 +620,21 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         try:
             return await asyncio.wait_for(connect(), timeout)
         except aiohttp.WSServerHandshakeError as e:
-            raise _handshake_error(e.status, opts) from None
+            raise _handshake_error(e.status, opts, target) from None
         except aiohttp.ClientConnectorCertificateError as e:
             # fails the same way on every attempt: a configuration error, not an outage
             raise APIStatusError(
-                f"the TLS certificate of {opts.base_url} could not be verified "
+                f"the TLS certificate of {target} could not be verified "
                 f"({e.certificate_error}): pass ssl_context= with the CA that signed it",
                 status_code=-1,
                 retryable=False,
             ) from None
         except asyncio.TimeoutError as e:
             raise APITimeoutError(
-                f"timed out connecting to vLLM at {opts.base_url} after {timeout:.1f}s"
+                f"timed out connecting to vLLM at {target} after {timeout:.1f}s"
             ) from e
         except (aiohttp.ClientError, OSError) as e:
-            raise APIConnectionError(f"could not connect to vLLM at {opts.base_url}") from e
+            raise APIConnectionError(f"could not connect to vLLM at {target}") from e
 
     async def _recognize_impl(
         self,
@@ -537,7 +660,14 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         )
         seg = CaptionSegmenter(SegmenterOptions(1e9, 1e9, 1e9))
         seg.start_generation(0.0)
-        ws = await self._connect_ws(opts, conn_options.timeout)
+        loop = asyncio.get_running_loop()
+        choice = self._pool.choose(loop.time(), skip=self._excluded)
+        url = choice.url if choice is not None else opts.base_url
+        try:
+            ws = await self._connect_ws(opts, conn_options.timeout, url=url)
+        except APIConnectionError as e:  # LiveKit retries; the next try picks another server
+            self._pool.failed(url, loop.time(), str(e))
+            raise
         finals: list[CaptionFinal] = []
         usage: protocol.Usage | None = None
         try:
@@ -611,6 +741,8 @@ class SpeechStream(stt.RecognizeStream):
         self._id = utils.shortuuid("vx_")
         self.stats = StreamStats()
         self._core: StreamCore | None = None
+        self._endpoint: str | None = None  # the endpoint this stream's sockets go to
+        self._last_refusal: APIStatusError | None = None
         self._lanes: dict[int, _LaneIO] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] | None = None
@@ -626,6 +758,11 @@ class SpeechStream(stt.RecognizeStream):
         self._vad_clock = VadClock()
         self._direct_input = False  # push_frame may hand chunks to the core itself
         self._user_offset = 0.0
+
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint this stream's sockets connect to (None before the first connect)."""
+        return self._endpoint
 
     @property
     def start_time_offset(self) -> float:
@@ -700,8 +837,8 @@ class SpeechStream(stt.RecognizeStream):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         opts = self._opts
-        info = await self._stt_impl._server_facts(timeout=min(2.0, self._conn_options.timeout))
-        max_model_len, abort_on_close = self._server_limits(info)
+        infos = await self._stt_impl._server_facts(timeout=min(2.0, self._conn_options.timeout))
+        max_model_len, abort_on_close = self._server_limits(infos)
         core = self._core
         if core is None:
             core = StreamCore(
@@ -720,15 +857,19 @@ class SpeechStream(stt.RecognizeStream):
                     reconnect_interval_s=self._conn_options.retry_interval,
                     max_outage_s=opts.max_outage_s,
                     abort_on_close=abort_on_close,
+                    warm_lanes=1 if opts.socket_mode == "warm" else 0,
                     segmenter=opts.segmenter,
                 )
             )
             core.stats = self.stats
             self._core = core
             core.start(loop.time())
-            if info is None and opts.discover_server:
-                # discovery is slow or the server is down: apply what it learns later
-                self._stt_impl._start_discovery().add_done_callback(self._on_late_discovery)
+            pending = [u for u in opts.endpoints if infos is None or u not in infos]
+            if pending and opts.discover_server:
+                # discovery is slow or a server is down: apply what it learns later
+                for url in pending:
+                    task = self._stt_impl._start_discovery(url)
+                    task.add_done_callback(self._on_late_discovery)
             elif max_model_len is None:
                 logger.info(
                     "max_model_len unknown (set max_model_len=): long utterances rely on vLLM "
@@ -747,7 +888,7 @@ class SpeechStream(stt.RecognizeStream):
                 await self._done
             except _ConfigurationFailure as e:
                 raise await self._stt_impl._refusal_error(
-                    str(e), e.code, self._conn_options.timeout
+                    str(e), e.code, self._conn_options.timeout, self._endpoint
                 ) from None
         finally:
             if self._timer is not None:
@@ -757,29 +898,63 @@ class SpeechStream(stt.RecognizeStream):
             lanes, self._lanes = list(self._lanes.values()), {}
             await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
 
-    def _server_limits(self, info: ServerInfo | None) -> tuple[int | None, bool]:
-        """max_model_len for rollover, and whether closing a socket aborts its request."""
+    def _server_limits(self, infos: Mapping[str, ServerInfo] | None) -> tuple[int | None, bool]:
+        """max_model_len for rollover, and whether closing a socket aborts its request.
+
+        With several endpoints a generation may continue on any of them, so the smallest
+        max_model_len applies, and closing aborts only if it does on every one (>= 0.32).
+        Raises APIStatusError when no endpoint is usable."""
         max_model_len = self._opts.max_model_len
-        if info is None:
+        if not infos:
             return max_model_len, True
-        _refuse_broken(info, self._opts)
-        served = info.model(self._opts.model)
-        if max_model_len is None and served is not None:
-            max_model_len = served.max_model_len
-        old = info.quirks.engine_dies_at_max_model_len  # < 0.32 (also: no abort on close)
-        if max_model_len is None and old:
-            logger.warning(
-                "vLLM %s dies at max_model_len and did not report it; assuming 4096",
-                info.version,
+        excluded = self._stt_impl._excluded
+        usable = {u: i for u, i in infos.items() if u not in excluded}
+        if not usable and infos.keys() >= set(self._opts.endpoints):
+            raise APIStatusError(
+                "no vLLM endpoint can serve this stream: "
+                + "; ".join(f"{u}: {why}" for u, why in excluded.items()),
+                status_code=400,
+                retryable=False,
             )
-            max_model_len = 4096
-        return max_model_len, not old
+        lens: list[int] = []
+        old_any = False
+        for info in usable.values():
+            if len(self._opts.endpoints) == 1:
+                _refuse_broken(info, self._opts)
+            served = info.model(self._opts.model)
+            mml = served.max_model_len if served is not None else None
+            old = info.quirks.engine_dies_at_max_model_len  # < 0.32 (also: no abort on close)
+            old_any = old_any or old
+            if mml is None and old and max_model_len is None:
+                logger.warning(
+                    "vLLM %s dies at max_model_len and did not report it; assuming 4096",
+                    info.version,
+                )
+                mml = 4096
+            if mml is not None:
+                lens.append(mml)
+        if max_model_len is None and lens:
+            max_model_len = min(lens)
+            if len(set(lens)) > 1:
+                logger.info(
+                    "the vLLM endpoints differ in max_model_len (%s): rolling over before the "
+                    "smallest, since a generation may continue on any of them",
+                    sorted(set(lens)),
+                )
+        return max_model_len, not old_any
 
     def _on_late_discovery(self, task: asyncio.Task[ServerInfo]) -> None:
-        if task.cancelled() or task.exception() is not None or self._core is None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        self._refresh_limits()
+
+    def _refresh_limits(self) -> None:
+        """Apply what discovery learned since the stream started (or since a replica came
+        back different)."""
+        if self._core is None or not self._opts.discover_server:
             return
         try:
-            max_model_len, abort_on_close = self._server_limits(task.result())
+            max_model_len, abort_on_close = self._server_limits(self._stt_impl._infos)
         except APIStatusError as e:
             self._finish(e)
             return
@@ -940,6 +1115,9 @@ class SpeechStream(stt.RecognizeStream):
             elif isinstance(action, CloseLane):
                 lane = self._lanes.pop(action.lane, None)
                 if lane is not None:
+                    if action.fault is not None and lane.endpoint is not None:
+                        # the server lost a generation or stopped answering on it
+                        self._endpoint_failed(lane.endpoint, action.fault)
                     lane.close()
             elif isinstance(action, StreamFailed):
                 self._fail(action)
@@ -1036,18 +1214,29 @@ class SpeechStream(stt.RecognizeStream):
         loop = asyncio.get_running_loop()
         timeout = self._conn_options.timeout
         started = loop.time()
+        stt_impl = self._stt_impl
         try:
-            ws = self._stt_impl._take_warm_socket() or await self._stt_impl._connect_ws(
-                self._opts, timeout
-            )
+            warm = stt_impl._take_warm_socket(self._endpoint)
+            if warm is not None:
+                url, ws = warm
+            else:
+                url = await self._choose_endpoint()
+            lane.endpoint = self._endpoint = url
+            if warm is None:
+                ws = await stt_impl._connect_ws(self._opts, timeout, url=url)
         except APIStatusError as e:
             if not e.retryable:
+                if lane.endpoint is not None and self._exclude(lane.endpoint, e):
+                    self._lane_lost(lane, str(e))  # other endpoints remain: try one of them
+                    return
                 self._finish(e)
                 return
+            self._endpoint_failed(lane.endpoint, str(e))
             self._lane_lost(lane, str(e))
             return
         except APIConnectionError as e:
             logger.warning("lane %d: %s", lane.lane, e)
+            self._endpoint_failed(lane.endpoint, str(e))
             self._lane_lost(lane, str(e))
             return
         lane.ws = ws
@@ -1065,7 +1254,9 @@ class SpeechStream(stt.RecognizeStream):
             while True:
                 msg = await ws.receive(timeout=timeout if first else None)
                 if msg.type == aiohttp.WSMsgType.TEXT:
-                    first = False
+                    if first:  # session.created: the server is up
+                        first = False
+                        stt_impl._pool.succeeded(url, loop.time())
                     if self._core is None:
                         return
                     self._core.lane_received(lane.lane, msg.data, loop.time())
@@ -1086,22 +1277,71 @@ class SpeechStream(stt.RecognizeStream):
             # vLLM sends session.created as soon as it accepts (and a restarting vLLM accepts
             # nothing): a socket that stays silent is not vLLM's realtime endpoint. Retrying
             # would only hide that.
-            lane.closed = True
-            self._finish(
-                APIStatusError(
-                    f"no session.created within {timeout:.1f}s of connecting to "
-                    f"{self._opts.base_url}: this is not vLLM's /v1/realtime endpoint (check "
-                    "base_url and any proxy in between)",
-                    status_code=-1,
-                    retryable=False,
-                )
+            err = APIStatusError(
+                f"no session.created within {timeout:.1f}s of connecting to "
+                f"{url}: this is not vLLM's /v1/realtime endpoint (check "
+                "base_url and any proxy in between)",
+                status_code=-1,
+                retryable=False,
             )
+            if self._exclude(url, err):
+                reason = str(err)
+            else:
+                lane.closed = True
+                self._finish(err)
         finally:
             await utils.aio.cancel_and_wait(writer)
             if not ws.closed:
                 await ws.close()
         if not lane.closed:
+            # vLLM never closes a socket by itself: a drop, a crash, a shutdown or an engine
+            # death (the API server exits). The core replays; the next socket goes elsewhere.
+            self._endpoint_failed(url, reason)
             self._lane_lost(lane, reason)
+
+    async def _choose_endpoint(self) -> str:
+        """Where the next socket goes: this stream's endpoint while it is healthy, else another
+        (a suspect one only after its ``/health`` answered)."""
+        stt_impl = self._stt_impl
+        pool = stt_impl._pool
+        loop = asyncio.get_running_loop()
+        url = self._endpoint
+        for _ in range(len(pool.urls) + 1):
+            choice = pool.choose(loop.time(), prefer=self._endpoint, skip=stt_impl._excluded)
+            if choice is None:
+                raise self._last_refusal or APIStatusError(
+                    "no vLLM endpoint can serve this stream: "
+                    + "; ".join(f"{u}: {why}" for u, why in stt_impl._excluded.items()),
+                    status_code=400,
+                    retryable=False,
+                )
+            url = choice.url
+            if not choice.probe:
+                break
+            if await stt_impl._probe(url):
+                pool.succeeded(url, loop.time())
+                break
+            pool.failed(url, loop.time(), "/health did not answer 200")
+        assert url is not None
+        if url != self._endpoint and self._endpoint is not None:
+            logger.info("stream %s: moving from %s to %s", self._id, self._endpoint, url)
+        return url
+
+    def _endpoint_failed(self, url: str | None, reason: str) -> None:
+        if url is not None:
+            self._stt_impl._pool.failed(url, asyncio.get_running_loop().time(), reason)
+
+    def _exclude(self, url: str, err: APIStatusError) -> bool:
+        """With several endpoints, one that refuses this stream for good (HTTP 401/403/404,
+        not vLLM) is skipped and the stream goes on elsewhere. False with one endpoint, or
+        when it was the last usable one."""
+        stt_impl = self._stt_impl
+        if len(self._opts.endpoints) == 1:
+            return False
+        stt_impl._excluded[url] = str(err)
+        self._last_refusal = err
+        logger.warning("skipping vLLM endpoint %s: %s", url, err)
+        return any(u not in stt_impl._excluded for u in self._opts.endpoints)
 
     def _lane_lost(self, lane: _LaneIO, reason: str) -> None:
         core = self._core
@@ -1121,6 +1361,7 @@ class _LaneIO:
     def __init__(self, lane: int, on_lost: Callable[[_LaneIO, str], None]) -> None:
         self.lane = lane
         self._on_lost = on_lost
+        self.endpoint: str | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.task: asyncio.Task[None] | None = None
         self.closed = False
@@ -1241,28 +1482,27 @@ class _ConfigurationFailure(Exception):
         self.code = code
 
 
-def _handshake_error(status: int, opts: _STTOptions) -> APIStatusError:
+def _handshake_error(status: int, opts: _STTOptions, url: str) -> APIStatusError:
     if status == 401:
         msg = (
-            f"vLLM at {opts.base_url} rejected the API key (HTTP 401): set api_key= or "
+            f"vLLM at {url} rejected the API key (HTTP 401): set api_key= or "
             f"{_ENV_KEY} to the server's --api-key"
             if opts.api_key
-            else f"vLLM at {opts.base_url} requires an API key (HTTP 401): "
-            f"set api_key= or {_ENV_KEY}"
+            else f"vLLM at {url} requires an API key (HTTP 401): set api_key= or {_ENV_KEY}"
         )
     elif status == 403:
         msg = (
-            f"HTTP 403 on the WebSocket upgrade to {opts.base_url}: vLLM answers 403 for a "
+            f"HTTP 403 on the WebSocket upgrade to {url}: vLLM answers 403 for a "
             "path it does not serve (a wrong base_url path or proxy prefix) and 401 for a bad "
             "key; check the URL, then any proxy's rules"
         )
     elif status == 404:
         msg = (
-            f"no realtime endpoint at {opts.base_url} (HTTP 404): check base_url; the server must "
+            f"no realtime endpoint at {url} (HTTP 404): check base_url; the server must "
             "be vLLM >= 0.16 serving a realtime model (e.g. Voxtral-Mini-4B-Realtime-2602)"
         )
     else:
-        msg = f"vLLM at {opts.base_url} refused the WebSocket upgrade (HTTP {status})"
+        msg = f"vLLM at {url} refused the WebSocket upgrade (HTTP {status})"
     return APIStatusError(msg, status_code=status, retryable=status >= 500 or status in (408, 429))
 
 
