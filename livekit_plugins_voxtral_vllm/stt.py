@@ -182,11 +182,13 @@ class STT(stt.STT[Literal["metrics_collected"]]):
             and compiles for minutes) is retried before the stream fails; the last 20 s of
             audio are replayed when it is back, older audio is dropped and counted. With
             several endpoints, the outage is every one of them being unreachable.
-        socket_mode: ``"warm"`` keeps one idle socket open per stream for its next utterance;
-            ``"per_utterance"`` opens a socket at speech start (the connect overlaps the
-            pre-roll and the endpointer's decision time) and closes it after ``done``, so a
-            least-connections load balancer counts running generations, not idle streams.
-            Use it behind a balancer.
+        socket_mode: ``"per_utterance"`` (default) opens a socket when speech starts and
+            closes it after the utterance's ``done``, so a least-connections load balancer in
+            front of several servers counts running generations, not idle streams. The
+            connect overlaps the audio (the endpointer's decision time, the pre-roll, and the
+            delay vLLM needs before its first step): benchmarks/socket_mode.py measured no
+            added latency up to a 300 ms connect. ``"warm"`` keeps one idle socket per stream
+            open for its next utterance (and ``prewarm`` opens one).
         endpoint_cooldown_s: with several endpoints, how long one that failed is skipped
             (doubling with each failure in a row, up to 60 s) before its ``/health`` is asked
             again.
@@ -220,7 +222,7 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         generation_timeout_s: float = 10.0,
         max_outage_s: float = 180.0,
         discover_server: bool = True,
-        socket_mode: SocketMode = "warm",
+        socket_mode: SocketMode = "per_utterance",
         endpoint_cooldown_s: float = 5.0,
         http_session: aiohttp.ClientSession | None = None,
         ssl_context: ssl.SSLContext | None = None,

@@ -379,7 +379,7 @@ async def test_recognize_wrong_model_lists_the_served_models(
 async def test_prewarm_opens_the_socket_the_first_stream_uses(
     emulator: VLLMRealtimeEmulator,
 ) -> None:
-    engine = STT(base_url=emulator.url)
+    engine = STT(base_url=emulator.url, socket_mode="warm")
     engine.prewarm()
     await emulator.wait_for_connection(0)
     speech = synthesize("hello world.", sample_rate=48000)
@@ -391,11 +391,23 @@ async def test_prewarm_opens_the_socket_the_first_stream_uses(
 
 
 async def test_an_unused_prewarmed_socket_is_closed(emulator: VLLMRealtimeEmulator) -> None:
-    engine = STT(base_url=emulator.url)
+    engine = STT(base_url=emulator.url, socket_mode="warm")
     engine.prewarm()
     conn = await emulator.wait_for_connection(0)
     await engine.aclose()
     await conn.wait_closed(5)
+
+
+async def test_prewarm_per_utterance_asks_the_server_but_opens_no_socket(
+    emulator: VLLMRealtimeEmulator,
+) -> None:
+    engine = STT(base_url=emulator.url)  # socket_mode="per_utterance", the default
+    engine.prewarm()
+    await emulator.wait_until(lambda: emulator.stats().http_requests.get("/v1/models", 0) > 0)
+    await asyncio.sleep(0.1)
+    assert emulator.stats().connections_total == 0
+    assert engine.server_info is not None
+    await engine.aclose()
 
 
 async def test_more_than_fifty_streams_in_a_livekit_job(emulator: VLLMRealtimeEmulator) -> None:
