@@ -74,8 +74,12 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
     return compose["services"]  # type: ignore[no-any-return]
 
 
-def test_three_services(services: dict[str, Any]) -> None:
-    assert set(services) == {"vllm", "livekit", "transcriber"}
+def test_services(services: dict[str, Any]) -> None:
+    assert set(services) == {"vllm", "lb", "livekit", "transcriber", "vllm-2", "vllm-3", "vllm-4"}
+    # `docker compose up` (no profile): one vLLM, HAProxy, LiveKit and the transcriber; the
+    # other replicas belong to the scale profiles (tests/examples/test_scale_profile.py)
+    default = {name for name, svc in services.items() if not svc.get("profiles")}
+    assert default == {"vllm", "lb", "livekit", "transcriber"}
 
 
 class TestVLLM:
@@ -173,12 +177,13 @@ class TestTranscriber:
     def test_waits_for_healthy_vllm_and_started_livekit(self, services: dict[str, Any]) -> None:
         depends = services["transcriber"]["depends_on"]
         assert depends["vllm"]["condition"] == "service_healthy"
+        assert depends["lb"]["condition"] == "service_started"
         assert depends["livekit"]["condition"] == "service_started"
 
-    def test_points_at_the_vllm_and_livekit_services(self, services: dict[str, Any]) -> None:
+    def test_points_at_haproxy_and_the_livekit_service(self, services: dict[str, Any]) -> None:
         env = services["transcriber"]["environment"]
-        vllm_port = flag(services["vllm"]["command"], "--port")
-        assert env["VOXTRAL_VLLM_BASE_URL"] == f"ws://vllm:{vllm_port}/v1/realtime"
+        # HAProxy's frontend (deploy/haproxy.cfg: bind :8000) in front of the vLLM replicas
+        assert env["VOXTRAL_VLLM_BASE_URL"] == "ws://lb:8000/v1/realtime"
         assert env["LIVEKIT_URL"] == "ws://livekit:7880"
         assert env["VOXTRAL_VLLM_MODEL"] == services["vllm"]["command"][0]
 
@@ -207,7 +212,7 @@ class TestTranscriber:
         env = services["transcriber"]["environment"]
         assert example.check_config(env) == []
         options = example.stt_options(env)
-        assert options["base_url"] == "ws://vllm:8000/v1/realtime"
+        assert options["base_url"] == "ws://lb:8000/v1/realtime"
         assert options["transcription_delay_ms"] == 480
         assert "language" not in options and "api_key" not in options
 

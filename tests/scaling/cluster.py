@@ -142,9 +142,12 @@ def haproxy_config(replicas: list[Replica], port: int, api_port: int) -> str:
     text = re.sub(r"\n    bind :8000\n", f"\n    bind 127.0.0.1:{port}\n", text)
     text = text.replace("ipv4@127.0.0.1:9999", f"ipv4@127.0.0.1:{api_port}")
     text = re.sub(r"\nresolvers docker\n(    .*\n)+", "\n", text)
+    lines = re.findall(r"^    server .*\n", text, re.M)
+    assert len(lines) >= 2, "deploy/haproxy.cfg lost its server lines"
     servers = "".join(f"    server {r.name} 127.0.0.1:{r.port}\n" for r in replicas)
-    text, n = re.subn(r"    server-template .*\n", servers, text)
-    assert n == 1, "deploy/haproxy.cfg lost its server-template line"
+    text = text.replace(lines[0], servers)
+    for line in lines[1:]:
+        text = text.replace(line, "")
     return text
 
 

@@ -9,7 +9,9 @@ shared 2-core machine, so the bounds are loose.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,7 +24,16 @@ from livekit_plugins_voxtral_vllm import STT, SpeechStream
 from livekit_plugins_voxtral_vllm.testing import VOCABULARY, SynthesizedSpeech, synthesize
 
 from ..integration.helpers import frames_of, normalize
-from .cluster import HAProxy, Replica, need_haproxy, start_haproxy, start_replicas
+from .cluster import (
+    REPO_ROOT,
+    HAProxy,
+    Replica,
+    need_haproxy,
+    start_haproxy,
+    start_replicas,
+)
+
+API_SCRIPT = REPO_ROOT / "deploy" / "haproxy-api.sh"
 
 WORDS = [w for w in VOCABULARY if w not in ".,?"]
 FRAME_MS = 20
@@ -239,7 +250,13 @@ async def test_drain_sends_no_new_utterances(lb: HAProxy, replicas: list[Replica
     try:
         task = asyncio.create_task(speak(engine, long, first, pace=2.0))
         victim = await busy_replica(lb)
-        await lb.command(f"set server {lb.backend}/{victim} state drain")
+        # the documented way: deploy/haproxy-api.sh (`docker compose exec lb haproxy-api ...`)
+        await asyncio.to_thread(
+            subprocess.run,
+            [str(API_SCRIPT), "set", "server", f"{lb.backend}/{victim}", "state", "drain"],
+            env={**os.environ, "HAPROXY_API": f"127.0.0.1:{lb.api_port}"},
+            check=True,
+        )
         drained_at = time.monotonic()
         await lb.wait_status(victim, "DRAIN", timeout=2)
         others = [utterances(100 + i, 2, 3) for i in range(6)]
