@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ._fakes import REPO_ROOT, load_example
+from ..fake_livekit import REPO_ROOT, load_example
 from .test_compose import COMPOSE, flag, resolve
 
 HAPROXY_CFG = REPO_ROOT / "deploy" / "haproxy.cfg"
