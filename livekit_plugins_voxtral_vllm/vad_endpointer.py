@@ -51,6 +51,11 @@ from .vad_model import WINDOW, SileroBatch, SileroSlot
 __all__ = ["VadEndpointerOptions", "VadEndpointer"]
 
 _FLOOR_BLOCKS = 4
+_END_HOLD_WINDOWS = 5
+"""An end that falls on a window loud enough to open the gate waits up to this many windows
+(160 ms) for the model to hear the speech there."""
+_QUIET_IN_PAUSE = 3
+"""...if the pause before it had at least this many windows below that (a quiet pause)."""
 _HP_TAPS = 80
 """The gate's high-pass: a sample minus the mean of the 80 around it (5 ms): -20 dB at 50 Hz,
 -9 dB at 100 Hz, 0 dB from 200 Hz; rumble goes, voices stay. Two cumulative sums a push."""
@@ -193,8 +198,11 @@ class VadEndpointer:
         self._hp_tail = np.zeros(_HP_TAPS, dtype=np.float64)
         self._gate_open = False
         self._since_trigger = 0
-        # windows in order: (index, scored); scored ones take their score from the slot
-        self._queue: deque[tuple[int, bool]] = deque()
+        # (index, scored, loud): scored ones take their score from the slot; loud: the window
+        # opened the gate (its energy is over the noise floor)
+        self._queue: deque[tuple[int, bool, bool]] = deque()
+        self._postponed = 0
+        self._quiet_in_pause = 0
         self._last_score = 0.0
         self._speaking = False
         self._onset: int | None = None
@@ -314,13 +322,13 @@ class VadEndpointer:
                 first = index - len(self._recent)
                 for j, w in enumerate(self._recent):
                     batch.submit(slot, w)
-                    self._queue.append((first + j, True))
+                    self._queue.append((first + j, True, False))
                 self._recent.clear()
             if self._gate_open:
                 batch.submit(slot, window)
-                self._queue.append((index, True))
+                self._queue.append((index, True, trigger))
             else:
-                self._queue.append((index, False))
+                self._queue.append((index, False, False))
                 if self._warmup:
                     self._recent.append(window)
             if (
@@ -341,7 +349,7 @@ class VadEndpointer:
         opts = self.options
         act, deact = opts.activation, opts.deactivation
         while queue:
-            index, scored = queue[0]
+            index, scored, loud = queue[0]
             if scored:
                 if not scores:
                     break
@@ -356,10 +364,27 @@ class VadEndpointer:
                         events.append(SpeechResumed(index * WINDOW))
                     self._last_speech_end = index + 1
                     self._silence = 0
+                    self._postponed = 0
+                    self._quiet_in_pause = 0
                 else:
                     self._silence += 1
-                    if self._silence >= self._min_silence:
+                    if not loud:
+                        self._quiet_in_pause += 1
+                    if self._silence < self._min_silence:
+                        pass
+                    elif (
+                        loud
+                        and self._quiet_in_pause >= _QUIET_IN_PAUSE
+                        and self._postponed < _END_HOLD_WINDOWS
+                    ):
+                        # energy over the floor after a quiet pause, where the model hears
+                        # silence: often the next word's first 100 ms, which the model scores
+                        # late in noise. Ending here would cut that word: wait a little for
+                        # the model. (Not in music, where no pause is quiet.)
+                        self._postponed += 1
+                    else:
                         self._speaking = False
+                        self._postponed = 0
                         events.append(
                             SpeechEnded(self._last_speech_end * WINDOW, (index + 1) * WINDOW)
                         )
