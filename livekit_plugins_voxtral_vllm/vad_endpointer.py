@@ -23,7 +23,10 @@ Two stages, on the 16 kHz clock, in 32 ms windows:
 Decisions from the scores, as LiveKit's Silero plugin makes them: ``SpeechStarted`` after
 ``min_speech_ms`` of windows at or above ``activation`` (a window below ``deactivation``
 restarts the count), at the first of them; ``SpeechEnded`` after ``min_silence_ms`` of windows
-below ``deactivation``, at the end of the last window above it; ``SpeechResumed`` when a window
+below ``deactivation``, at the end of the last window above it (unless the window that would
+end it is loud enough to open the gate after a quiet pause: that is often a word starting,
+which the model scores late in noise, so the end waits up to 160 ms for the model to hear it);
+``SpeechResumed`` when a window
 above ``activation`` follows at least ``resume_gap_ms`` below ``deactivation`` inside an
 utterance (a word onset, 32 ms resolution).
 
