@@ -16,11 +16,10 @@ one. Plain computation on numpy arrays: no thread, no I/O, no clock.
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import threading
 import weakref
 from collections import deque
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -42,24 +41,26 @@ _CONTEXT = 64
 """Samples of the previous window the model sees in front of each window."""
 
 F32 = npt.NDArray[np.float32]
-_resources = ExitStack()
 
 
 def weights_path() -> Path:
     """``silero_vad.onnx`` from the installed ``livekit-plugins-silero``.
 
+    Found without importing that plugin: its import registers a LiveKit plugin, which LiveKit
+    allows only on the main thread, and an STT may be built on another.
+
     Raises:
         RuntimeError: if that package is not installed (it is a dependency of this one).
     """
-    try:
-        res = importlib.resources.files("livekit.plugins.silero.resources") / "silero_vad.onnx"
-        path = Path(_resources.enter_context(importlib.resources.as_file(res)))
-    except (ModuleNotFoundError, FileNotFoundError) as e:
-        raise RuntimeError(
-            "the default endpointer needs the Silero weights from livekit-plugins-silero: "
-            "pip install livekit-plugins-silero (or pass vad= / endpointer='energy')"
-        ) from e
-    return path
+    spec = importlib.util.find_spec("livekit.plugins.silero")
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(location) / "resources" / "silero_vad.onnx"
+        if path.is_file():
+            return path
+    raise RuntimeError(
+        "the default endpointer needs the Silero weights from livekit-plugins-silero: "
+        "pip install livekit-plugins-silero (or pass vad= / endpointer='energy')"
+    )
 
 
 def load_session() -> Any:

@@ -7,6 +7,7 @@ evaluation's audio module (``benchmarks/_endpointing_audio.py``); noises generat
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -76,6 +77,28 @@ def test_weights_come_from_the_installed_silero_plugin() -> None:
     path = weights_path()
     assert path.name == "silero_vad.onnx" and "livekit" in str(path)
     assert 1_000_000 < path.stat().st_size < 5_000_000
+
+
+def test_an_stt_built_off_the_main_thread_loads_the_model() -> None:
+    # importing livekit.plugins.silero registers a LiveKit plugin, which LiveKit refuses off
+    # the main thread: the weights are found without that import (a fresh interpreter, since
+    # other tests import the plugin)
+    code = (
+        "import sys, threading\n"
+        "from livekit_plugins_voxtral_vllm import STT\n"
+        "out = []\n"
+        "def build():\n"
+        "    try:\n"
+        "        STT(endpointer='silero')\n"
+        "        out.append('livekit.plugins.silero' in sys.modules)\n"
+        "    except Exception as e:\n"
+        "        out.append(repr(e))\n"
+        "t = threading.Thread(target=build); t.start(); t.join()\n"
+        "print(out[0])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
 
 
 @needs_voices
