@@ -19,13 +19,13 @@ Time is the stream's audio clock in seconds; the caller converts steps to it. No
 from __future__ import annotations
 
 import math
-import re
 from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 
 from .errors import InvalidState, LocalProtocolError
 from .log import logger
 from .protocol import STEP_SECONDS
+from .words import CharKind, Unit, assign_onsets, char_kind, place_units, utf8_len
 
 __all__ = [
     "SegmenterOptions",
@@ -49,8 +49,15 @@ _EPS = 1e-6
 _MAX_ONSETS = 32
 _SENTENCE_END = frozenset(".?!…。？！")
 _CLOSERS = "\"'”’)]»"
-_TOKEN = re.compile(r"(\s*)(\S+)")
-_WORDISH = re.compile(r"\w")
+# Attached to the word before when no space precedes them; with no word open, they start one
+# (punctuation-only words are dropped: see _drop_punctuation_only).
+_ATTACHED = (CharKind.JOINER, CharKind.MARK, CharKind.PUNCT)
+_NOT_WORDS = (CharKind.SPACE, CharKind.PUNCT, CharKind.JOINER, CharKind.OPENER)
+
+
+def _wordish(text: str) -> bool:
+    """Whether ``text`` holds something said (a letter, digit, symbol or emoji)."""
+    return any(char_kind(c) not in _NOT_WORDS for c in text)
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,9 @@ class ResumePoint:
     after_word: bool = field(default=True, compare=False)
     """False when ``resume_s`` is a generation start (no word to cut after): replay from
     exactly there."""
+    before_s: float | None = field(default=None, compare=False)
+    """Set when an incomplete word was taken out of the caption: where that word's sound
+    began (estimated). The replay must start by then, so the next generation hears it whole."""
 
 
 _DEFAULT_OPTIONS = SegmenterOptions()
@@ -128,12 +138,24 @@ _DEFAULT_OPTIONS = SegmenterOptions()
 class _Draft:
     """A word of the open segment; it may still grow."""
 
-    __slots__ = ("text", "start_s", "end_s")
+    __slots__ = ("text", "spaced", "unit", "slot", "wordish", "start_s", "end_s")
 
-    def __init__(self, text: str, start_s: float, end_s: float) -> None:
+    def __init__(self, text: str, spaced: bool, unit: int, slot: int, wordish: bool) -> None:
         self.text = text
-        self.start_s = start_s
-        self.end_s = end_s
+        self.spaced = spaced  # written after a space in the caption
+        self.unit = unit  # index of its unit in the open segment
+        self.slot = slot  # index among the unit's words; -1 for a punctuation-only word
+        self.wordish = wordish
+        self.start_s = 0.0
+        self.end_s = 0.0
+
+
+class _OpenUnit(Unit):
+    """A unit of the open segment, and the generation that produced it."""
+
+    def __init__(self, first_s: float, contiguous: bool, gen: int) -> None:
+        super().__init__(first_s, contiguous)
+        self.generation = gen
 
 
 def _normalise(text: str) -> str:
@@ -144,13 +166,22 @@ class CaptionSegmenter:
     """Turns the deltas of successive vLLM generations into caption events.
 
     Feed it with :meth:`start_generation`, then one :meth:`receive_delta` per
-    ``transcription.delta``, then :meth:`finish_generation` (``done`` or a clean end) or
-    :meth:`abandon_generation` (the generation was lost). :meth:`receive_onset` may come at any
-    time. Each input returns the events it caused, in order. Segment numbers start at 1 and
-    increase; each segment gets interims with its full text and exactly one non-empty final,
-    except a segment kept open across an abandoned generation, which continues in the next one.
-    Misuse raises :class:`~.errors.InvalidState` or :class:`~.errors.LocalProtocolError` and
-    changes nothing.
+    ``transcription.delta``, then :meth:`finish_generation` (``done`` or a clean end),
+    :meth:`continue_generation` (the server stopped it; the next one carries on),
+    :meth:`roll_over` (closed early at a cut) or :meth:`abandon_generation` (lost).
+    :meth:`receive_onset` may come at any time. Each input returns the events it caused, in
+    order. Segment numbers start at 1 and increase; each segment gets interims with its full
+    text and exactly one non-empty final, except a segment kept open across an abandoned
+    generation, which continues in the next one. Misuse raises
+    :class:`~.errors.InvalidState` or :class:`~.errors.LocalProtocolError` and changes nothing.
+
+    Words (see :mod:`.words`): a token with leading whitespace starts one, and so does every
+    character of a script written without spaces; other pieces extend the word before them.
+    The last word is *complete* once whitespace or closing punctuation follows it, or its
+    generation finished normally. A generation that stops otherwise leaves its last word
+    incomplete: :meth:`continue_generation` and :meth:`roll_over` take that word (with the
+    stretch of sound it belongs to) out of the caption and resume before it, so the next
+    generation hears all of it and its text replaces the partial one.
     """
 
     def __init__(self, options: SegmenterOptions = _DEFAULT_OPTIONS) -> None:
@@ -158,20 +189,35 @@ class CaptionSegmenter:
         self._last_segment = 0
         self._onsets: list[float] = []
         self._last_final_end_s: float | None = None
-        # The open segment: its number (also while reserved by an abandoned generation) and words.
+        # The open segment: its number (also while reserved by an abandoned generation),
+        # its words and the units they belong to.
         self._segment: int | None = None
         self._words: list[_Draft] = []
+        self._units: list[_OpenUnit] = []
+        self._seg_after_s = 0.0  # where the open segment's audio can begin
+        self._seg_after_word = False  # ... right after a word (else a generation start)
         self._text = ""
         self._ends_sentence = False
+        self._tail_complete = True
+        self._word_closed = False
+        self._frozen = False  # word times are kept as they are (see _cut_incomplete)
+        # The step of punctuation after the last word: the model wrote it after hearing the
+        # silence that followed, so a replay resumes after it (else it comes twice).
+        self._punct_s: float | None = None
+        self._shown = False  # the open segment's number was shown in an interim
+        self.dropped_punctuation = 0
+        """Punctuation-only output that had no open caption to join (dropped)."""
         # The running generation.
         self._generation = 0
         self._gen_open = False
         self._gen_start_s = 0.0
         self._gen_final_end_s: float | None = None
-        self._prev_word_end_s: float | None = None
         self._last_step_s: float | None = None
         self._last_text_step_s: float | None = None
+        self._last_token_s: float | None = None  # midpoint of the latest step with text
         self._space_pending = False
+        self._space_s: float | None = None  # midpoint of the step that brought that space
+        self._empty_steps = 0  # empty steps since the latest token
         self._raw: list[str] = []
         self._raw_len = 0
         self._raw_final = 0  # characters of the raw text covered by this generation's finals
@@ -201,9 +247,13 @@ class CaptionSegmenter:
     def last_word_end_s(self) -> float | None:
         """End of the latest word still held (open or finalised); None before the first word."""
         if self._words:
-            end = self._words[-1].end_s
-            return end if self._prev_word_end_s is None else max(end, self._prev_word_end_s)
+            return self._words[-1].end_s
         return self._last_final_end_s
+
+    @property
+    def last_word_complete(self) -> bool:
+        """Whether the open segment's last word is known to be whole (see the class doc)."""
+        return self._tail_complete
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -222,18 +272,25 @@ class CaptionSegmenter:
         self._gen_open = True
         self._gen_start_s = start_s
         self._gen_final_end_s = None
-        self._prev_word_end_s = None
         self._last_step_s = None
         self._last_text_step_s = None
+        self._last_token_s = None
         self._space_pending = False
+        self._space_s = None
+        self._empty_steps = 0
         self._raw = []
         self._raw_len = 0
         self._raw_final = 0
+        if not self._words:
+            last = self._last_final_end_s
+            self._seg_after_word = last is not None and last >= start_s
+            self._seg_after_s = last if last is not None and last >= start_s else start_s
 
     def receive_onset(self, at_s: float) -> None:
         """Hint from the endpointer: speech (re)started at ``at_s`` after a pause.
 
-        The first word after a pause starts at the latest hint since the previous word.
+        A word that follows a pause starts at the first hint after the previous word; in a
+        burst, each stretch of sound starts at its own hint.
         """
         if not self._onsets or at_s >= self._onsets[-1]:
             self._onsets.append(at_s)
@@ -269,56 +326,79 @@ class CaptionSegmenter:
                 f"({self._last_step_s!r}) in generation {self._generation}"
             )
         self._last_step_s = step_end_s
-        if not delta or delta.isspace():
-            if delta:
-                self._space_pending = True
-                self._append_raw(delta)
+        mid = step_end_s - _HALF_STEP_S
+        if not delta:
+            self._empty_steps += 1  # a pad, or a token that ends inside a UTF-8 character
+            return self._check_pause(step_end_s)
+        if delta.isspace():
+            self._append_raw(delta)
+            if not self._space_pending:
+                self._space_s = mid
+            self._space_pending = True
+            self._tail_complete = True
+            # the word this space begins is timed (and checked for contiguity) from here
+            self._empty_steps = 0
             return self._check_pause(step_end_s)
 
         # A step with text ends no pause itself, but the steps before it may have (a gap).
         events = self._check_pause(step_end_s - STEP_SECONDS)
-        end_s = step_end_s - _HALF_STEP_S
         base = self._raw_len
-        words_end_s: float | None = None
-        for match in _TOKEN.finditer(delta):
-            spaced, token = match.group(1), match.group(2)
-            if self._words and not spaced and not self._space_pending:
-                word = self._words[-1]
-                word.text += token
-                self._text += token
-                if _WORDISH.search(token) is not None:  # a sub-word piece, not punctuation
-                    word.end_s = words_end_s = max(word.end_s, end_s)
-                    self._prev_word_end_s = word.end_s
-                elif self._prev_word_end_s is not None:
-                    # Punctuation does not lengthen the word, but its step is the latest sound
-                    # the model heard: the next word starts after it.
-                    self._prev_word_end_s = max(self._prev_word_end_s, end_s)
-            else:
-                if self._words and end_s - self._words[0].start_s > self._max_segment_s:
-                    events.append(self._finalise(base + match.start()))
-                self._open_word(token, self._word_start(end_s), end_s)
-                words_end_s = end_s
-            self._space_pending = False
+        first = True
+        token_s = mid
+        changed = False
+        for i, ch in enumerate(delta):
+            kind = char_kind(ch)
+            if kind is CharKind.SPACE:
+                if not self._space_pending:
+                    self._space_s = mid
+                self._space_pending = True
+                self._tail_complete = True
+                continue
+            if first:
+                # The step whose token began this text: an earlier whitespace-only step, or
+                # up to two empty steps for a character of 3-4 bytes (held by the detokenizer).
+                # (a space in this same delta was held with the character's first bytes)
+                space_s = self._space_s
+                if (
+                    self._space_pending
+                    and space_s is not None
+                    and space_s < mid - _EPS
+                    and mid - space_s < STEP_SECONDS + _EPS
+                ):
+                    token_s = space_s
+                elif self._empty_steps and utf8_len(ch) >= 3:
+                    token_s = mid - min(self._empty_steps, utf8_len(ch) - 2) * STEP_SECONDS
+                first = False
+            changed |= self._add_char(ch, kind, token_s, base + i, events)
+            self._space_pending = self._word_closed = False
+            self._token_at(mid)
         self._space_pending = delta[-1].isspace()
+        if not self._space_pending:
+            self._space_s = None
         self._append_raw(delta)
+        self._token_at(mid)
+        if not changed:
+            return events
         self._last_text_step_s = step_end_s
         tail = self._text.rstrip(_CLOSERS)
         self._ends_sentence = bool(tail) and tail[-1] in _SENTENCE_END
-        assert self._segment is not None
-        events.append(CaptionInterim(self._segment, self._text, words_end_s))
+        if self._segment is not None and self._has_words():
+            self._place()
+            end = self._words[-1].end_s if self._words else None
+            events.append(CaptionInterim(self._segment, self._text, end))
+            self._shown = True
         return events
 
     def split_generation(self) -> list[CaptionEvent]:
         """Finalise the open segment now, at the end of its last word; the generation goes on.
 
-        For a rollover: follow with :meth:`abandon_generation`, whose resume point is then
-        this boundary. A later piece without leading space starts a new word.
+        A later piece without leading space starts a new word.
 
         Raises:
             InvalidState: no generation is open.
         """
         self._require_generation("split_generation")
-        return [self._finalise(self._raw_len)] if self._words else []
+        return [self._finalise(self._raw_len)] if self._has_words() else []
 
     def finish_generation(self, done_text: str | None, end_s: float) -> list[CaptionEvent]:
         """The generation ended: ``transcription.done`` carried ``done_text``, or it ended
@@ -338,8 +418,10 @@ class CaptionSegmenter:
         events: list[CaptionEvent] = []
         raw = "".join(self._raw)
         if done_text is None or _normalise(done_text) == _normalise(raw):
-            if self._words:
+            if self._has_words():
                 events.append(self._finalise(self._raw_len))
+            else:
+                self._drop_punctuation_only()
         else:
             logger.warning(
                 "transcription.done of generation %d disagrees with its deltas; "
@@ -350,17 +432,26 @@ class CaptionSegmenter:
             final = self._reconcile(done_text, raw, end_s)
             if final is not None:
                 events.append(final)
+        self._tail_complete = True
         self._gen_open = False
         return events
 
-    def continue_generation(self, done_text: str | None) -> list[CaptionEvent]:
+    def continue_generation(
+        self, done_text: str | None, *, keep_incomplete: bool = False
+    ) -> tuple[list[CaptionEvent], ResumePoint | None]:
         """The server ended the generation by itself (max_model_len) while speech went on,
         and the next generation carries on from where it stopped.
 
         The open segment stays open, so the continuation's first tokens (often the
-        punctuation of the last word) extend it rather than opening a new caption. The next
-        generation is opened at once; a later :meth:`abandon_generation` resumes before the
-        open segment, in this generation's audio.
+        punctuation of the last word) extend it rather than opening a new caption. An
+        incomplete last word is taken out of it (see the class doc). The next generation is
+        opened at once; a later :meth:`abandon_generation` resumes before the open segment.
+
+        Returns:
+            The events, and where the next generation must start: after the last word kept
+            (``after_word``), or, when the generation kept no word, from ``resume_s`` exactly.
+            The resume point is None when the done text disagreed with the deltas (the
+            segment was then settled like a normal end).
 
         Raises:
             InvalidState: no generation is open.
@@ -369,16 +460,43 @@ class CaptionSegmenter:
         raw = "".join(self._raw)
         if done_text is not None and _normalise(done_text) != _normalise(raw):
             # text we cannot trust to carry over: settle it like a normal end
-            return self.finish_generation(done_text, self._last_step_s or self._gen_start_s)
-        prev_end, last_text = self._prev_word_end_s, self._last_text_step_s
-        ends_sentence, space = self._ends_sentence, self._space_pending
+            return self.finish_generation(done_text, self._last_step_s or self._gen_start_s), None
+        resume = self._cut_incomplete(keep_incomplete)
+        last_text, ends_sentence = self._last_text_step_s, self._ends_sentence
         gen_start, final_end = self._gen_start_s, self._gen_final_end_s
         self._gen_open = False
         self.start_generation(gen_start)
         self._gen_final_end_s = final_end
-        self._prev_word_end_s, self._last_text_step_s = prev_end, last_text
-        self._ends_sentence, self._space_pending = ends_sentence, space
-        return []
+        self._last_text_step_s, self._ends_sentence = last_text, ends_sentence
+        self._word_closed = True  # its last word is whole: the next piece starts another
+        events: list[CaptionEvent] = []
+        if self._segment is not None and self._has_words():
+            events.append(CaptionInterim(self._segment, self._text, self._words[-1].end_s))
+        return events, resume
+
+    def roll_over(self, *, keep_incomplete: bool = False) -> tuple[list[CaptionEvent], ResumePoint]:
+        """Close the generation early at a cut (rollover before max_model_len, catch-up):
+        the open segment's complete words are finalised, an incomplete last word is taken
+        out (its segment number is kept when nothing else was finalised), and the returned
+        point says where the next generation must start.
+
+        Raises:
+            InvalidState: no generation is open.
+        """
+        self._require_generation("roll_over")
+        resume = self._cut_incomplete(keep_incomplete)
+        events: list[CaptionEvent] = []
+        if self._has_words():
+            events.append(self._finalise(self._raw_len))
+            end = self._gen_final_end_s
+            resume = ResumePoint(
+                resume.resume_s if end is None else end, None, before_s=resume.before_s
+            )
+        else:
+            self._drop_punctuation_only()
+        self._tail_complete = True
+        self._gen_open = False
+        return events, resume
 
     def abandon_generation(self) -> ResumePoint:
         """The generation was lost (connection drop, ``processing_error``): no ``done`` comes.
@@ -394,11 +512,8 @@ class CaptionSegmenter:
         resume_s = self._gen_final_end_s
         self._drop_open_text()
         self._gen_open = False
-        return ResumePoint(
-            self._gen_start_s if resume_s is None else resume_s,
-            self._segment,
-            after_word=resume_s is not None,
-        )
+        point = self._gen_start_s if resume_s is None else resume_s
+        return ResumePoint(point, self._segment, after_word=resume_s is not None)
 
     # -- private --------------------------------------------------------------------------
 
@@ -410,6 +525,199 @@ class CaptionSegmenter:
         self._raw.append(delta)
         self._raw_len += len(delta)
 
+    def _token_at(self, token_s: float) -> None:
+        self._last_token_s = token_s
+        self._empty_steps = 0
+
+    def _has_words(self) -> bool:
+        return any(w.wordish for w in self._words)
+
+    def _add_char(
+        self, ch: str, kind: CharKind, token_s: float, raw_pos: int, events: list[CaptionEvent]
+    ) -> bool:
+        """Apply one non-space character; returns whether the caption text changed."""
+        cur = self._words[-1] if self._words else None
+        spaced = self._space_pending
+        if cur is not None and not spaced and kind in _ATTACHED:
+            cur.text += ch
+            self._text += ch
+            self._tail_complete = kind is CharKind.PUNCT
+            if kind is CharKind.PUNCT:
+                self._punct_s = token_s
+            return True
+        if kind is CharKind.PUNCT and cur is not None:  # spaced (French " !")
+            self._words.append(_Draft(ch, True, cur.unit, -1, False))
+            self._text += " " + ch
+            self._tail_complete = True
+            self._punct_s = token_s
+            return True
+        self._tail_complete = False
+        self._punct_s = None
+        last_solo = cur is not None and cur.text and char_kind(cur.text[-1]) is CharKind.SOLO
+        closed = self._word_closed
+        if (
+            cur is not None
+            and not (spaced or closed)
+            and kind is not CharKind.SOLO
+            and not last_solo
+        ):
+            cur.text += ch  # a sub-word piece
+            self._text += ch
+            if not cur.wordish and _wordish(ch):
+                self._promote(cur, token_s)
+            return True
+        closed = closed and kind is not CharKind.SOLO  # (a script without spaces: none)
+        self._new_word(ch, (spaced or closed) and cur is not None, token_s, raw_pos, events)
+        return True
+
+    def _new_word(
+        self, text: str, spaced: bool, token_s: float, raw_pos: int, events: list[CaptionEvent]
+    ) -> None:
+        if self._words and not self._has_words():
+            # punctuation that opened the segment, with no word of its own: dropped
+            self._drop_punctuation_only()
+        wordish = _wordish(text)
+        contiguous = self._last_token_s is not None and token_s - self._last_token_s < (
+            STEP_SECONDS + _EPS
+        )
+        cur_unit = self._units[-1] if self._units else None
+        # A character of a script without spaces that came right behind the previous one
+        # may be the same word: it joins its unit (never cut from it, never replayed alone).
+        cur = self._words[-1] if self._words else None
+        joins = (
+            cur_unit is not None
+            and cur is not None
+            and not spaced
+            and contiguous
+            and cur_unit.generation == self._generation
+            and char_kind(cur.text[-1]) is CharKind.SOLO
+        )
+        if not joins and self._words:
+            self._place()
+            if token_s - self._words[0].start_s > self._max_segment_s:
+                events.append(self._finalise(raw_pos))
+                spaced = False
+        if not self._words:
+            joins = False
+            spaced = False
+        if self._segment is None:
+            self._last_segment += 1
+            self._segment = self._last_segment
+            self._shown = False
+        if joins:
+            assert cur_unit is not None
+            unit_idx = len(self._units) - 1
+        else:
+            cur_unit = _OpenUnit(token_s, contiguous, self._generation)
+            cur_unit.fresh = self._last_token_s is None
+            self._units.append(cur_unit)
+            self._frozen = False
+            unit_idx = len(self._units) - 1
+        slot = -1
+        if wordish:
+            slot = len(cur_unit.weights)
+            cur_unit.weights.append(1)
+        self._words.append(_Draft(text, spaced, unit_idx, slot, wordish))
+        if self._text and spaced:
+            self._text += " " + text
+        else:
+            self._text += text
+
+    def _promote(self, draft: _Draft, token_s: float) -> None:
+        """An opener-only word (``¿``) got its first letter: it now counts as a word."""
+        unit = self._units[draft.unit]
+        draft.wordish = True
+        draft.slot = len(unit.weights)
+        unit.weights.append(1)
+
+    def _place(self) -> None:
+        """Re-time the open segment's words (a burst may have grown)."""
+        for draft in self._words:
+            if draft.wordish:
+                self._units[draft.unit].weights[draft.slot] = max(1, len(draft.text))
+        if self._frozen:
+            return
+        lo = self._seg_after_s
+        onsets = [o for o in self._onsets if o > lo]
+        assign_onsets(self._units, onsets, self._seg_after_s if self._seg_after_word else -math.inf)
+        place_units(
+            self._units,
+            self._seg_after_s,
+            onsets,
+            gap_s=_INTER_WORD_GAP_S,
+            max_word_s=_MAX_WORD_S,
+            after_word=self._seg_after_word,
+        )
+        prev = self._seg_after_s
+        for draft in self._words:
+            unit = self._units[draft.unit]
+            if draft.wordish:
+                draft.start_s, draft.end_s = unit.starts[draft.slot], unit.ends[draft.slot]
+            else:
+                draft.start_s = draft.end_s = prev
+            prev = draft.end_s
+
+    def _cut_incomplete(self, keep: bool = False) -> ResumePoint:
+        """Take an incomplete last word, with the unit it belongs to, out of the open segment
+        (only if this generation produced it, and unless ``keep``); where the next generation
+        must start."""
+        dropped: _OpenUnit | None = None
+        if not self._tail_complete and self._units and not keep:
+            unit = self._units[-1]
+            if unit.generation == self._generation:
+                self._place()
+                idx = len(self._units) - 1
+                while self._words and self._words[-1].unit == idx:
+                    self._words.pop()
+                self._units.pop()
+                dropped = unit
+                # The words kept keep the times they had next to it (its onset would
+                # otherwise go to the word before it) until the replayed word comes.
+                self._frozen = True
+                self._text = self._compose()
+                tail = self._text.rstrip(_CLOSERS)
+                self._ends_sentence = bool(tail) and tail[-1] in _SENTENCE_END
+                logger.debug("generation %d stopped inside a word: replaying it", self._generation)
+        self._tail_complete = True
+        before = None if dropped is None else dropped.start_s
+        if self._words:
+            self._place()
+            return ResumePoint(
+                self._sound_end(self._words[-1].end_s), self._segment, before_s=before
+            )
+        if self._gen_final_end_s is not None:
+            return ResumePoint(self._gen_final_end_s, self._segment, before_s=before)
+        if dropped is not None:
+            # no word before it in this generation: from a little before where it began
+            at = max(self._seg_after_s, self._gen_start_s, dropped.start_s - 0.3)
+            return ResumePoint(at, self._segment, after_word=False, before_s=before)
+        return ResumePoint(self._gen_start_s, self._segment, after_word=False)
+
+    @property
+    def incomplete_start_s(self) -> float | None:
+        """Where the sound of an incomplete last word began (estimated), if the open segment
+        ends in one that this generation produced; else None."""
+        if self._tail_complete or not self._units or not self._gen_open:
+            return None
+        unit = self._units[-1]
+        if unit.generation != self._generation:
+            return None
+        self._place()
+        return unit.start_s
+
+    def _sound_end(self, end_s: float) -> float:
+        """Where to resume after a word ending at ``end_s``: after the step of the
+        punctuation written after it, if any."""
+        return end_s if self._punct_s is None else max(end_s, self._punct_s)
+
+    def _compose(self) -> str:
+        parts: list[str] = []
+        for draft in self._words:
+            if parts and draft.spaced:
+                parts.append(" ")
+            parts.append(draft.text)
+        return "".join(parts)
+
     def _check_pause(self, until_s: float) -> list[CaptionEvent]:
         """Finalise the open segment if the silence up to ``until_s`` ends it."""
         if not self._words or self._last_text_step_s is None:
@@ -417,51 +725,45 @@ class CaptionSegmenter:
         limit = self._opts.sentence_pause_s if self._ends_sentence else self._opts.max_pause_s
         if until_s - self._last_text_step_s < limit - _EPS:
             return []
+        if not self._has_words():
+            self._drop_punctuation_only()
+            return []
         return [self._finalise(self._raw_len)]
 
-    def _word_start(self, end_s: float) -> float:
-        """Estimated start of a new word whose step midpoint is ``end_s``: the latest onset
-        hint since the previous word, else just after the previous word (running speech),
-        else at most ``_MAX_WORD_S`` before its end."""
-        prev = self._prev_word_end_s
-        ref = self._gen_start_s if prev is None else prev
-        i = bisect_right(self._onsets, end_s)
-        if i and self._onsets[i - 1] >= ref:
-            return self._onsets[i - 1]
-        if prev is None:
-            return min(end_s, max(ref, end_s - _MAX_WORD_S))
-        # words of running speech are separated by a short gap, not glued
-        return min(end_s, max(prev + _INTER_WORD_GAP_S, end_s - _MAX_WORD_S))
-
-    def _open_word(self, text: str, start_s: float, end_s: float) -> None:
-        if self._segment is None:
-            self._last_segment += 1
-            self._segment = self._last_segment
-        self._words.append(_Draft(text, start_s, end_s))
-        self._text = f"{self._text} {text}" if self._text else text
-        self._prev_word_end_s = end_s
-
     def _drop_open_text(self) -> None:
+        self._frozen = False
         self._words = []
+        self._units = []
         self._text = ""
         self._ends_sentence = False
+        self._tail_complete = True
+
+    def _drop_punctuation_only(self) -> None:
+        """A segment with punctuation but no word is never a caption."""
+        if self._words:
+            self.dropped_punctuation += 1
+            self._drop_open_text()
+            if self._segment is not None and not self._shown:
+                # never shown: its number goes to the next caption
+                if self._segment == self._last_segment:
+                    self._last_segment -= 1
+                self._segment = None
 
     def _finalise(self, raw_end: int) -> CaptionFinal:
         """Close the open segment (it has words); ``raw_end`` = raw characters it covers."""
         assert self._segment is not None
+        self._place()
         words = tuple(Word(w.text, w.start_s, w.end_s) for w in self._words)
-        final = CaptionFinal(self._segment, self._text, words[0].start_s, words[-1].end_s, words)
+        spans = [w for w in self._words if w.wordish] or self._words
+        final = CaptionFinal(self._segment, self._text, spans[0].start_s, spans[-1].end_s, words)
         self._segment = None
         self._drop_open_text()
         self._raw_final = raw_end
         if len(self._raw) > 1:  # one string, not one object per delta, in a day-long generation
             self._raw = ["".join(self._raw)]
-        # Where the finalised text's sound ended: a trailing "." or "?" has its own step after
-        # the word, and a replay that started before it would transcribe it twice.
-        sound_end = final.end_s
-        if self._prev_word_end_s is not None:
-            sound_end = max(sound_end, self._prev_word_end_s)
-        self._gen_final_end_s = self._last_final_end_s = sound_end
+        self._last_final_end_s = final.end_s
+        self._gen_final_end_s = self._sound_end(final.end_s)
+        self._seg_after_s, self._seg_after_word = final.end_s, True
         cut = bisect_right(self._onsets, final.end_s)
         if cut:
             del self._onsets[:cut]
@@ -475,12 +777,13 @@ class CaptionSegmenter:
             rest = done[len(finalised) :].strip()
         else:
             rest = " ".join(done.split()[len(finalised.split()) :])
-        if not rest:
+        if not rest or not _wordish(rest):
             self._drop_open_text()
             return None
         texts = rest.split()
         if [w.text for w in self._words] != texts:
             if self._words:
+                self._place()
                 start_s, stop_s = self._words[0].start_s, self._words[-1].end_s
             else:
                 start_s = (
@@ -488,7 +791,31 @@ class CaptionSegmenter:
                 )
                 stop_s = max(start_s, end_s)
             self._drop_open_text()
-            step = (stop_s - start_s) / len(texts)
+            if self._segment is None:
+                self._last_segment += 1
+                self._segment = self._last_segment
+            unit = _OpenUnit(stop_s, False, self._generation)
+            unit.onset_s = start_s
+            self._units.append(unit)
             for i, text in enumerate(texts):
-                self._open_word(text, start_s + i * step, start_s + (i + 1) * step)
+                self._words.append(_Draft(text, i > 0, 0, i, True))
+                unit.weights.append(max(1, len(text)))
+            self._text = " ".join(texts)
+            place_units(self._units, start_s, [], gap_s=0.0, max_word_s=_MAX_WORD_S)
+            for w in self._words:
+                w.start_s, w.end_s = unit.starts[w.slot], unit.ends[w.slot]
+            final = self._finalise_placed(len(raw))
+            return final
         return self._finalise(len(raw))
+
+    def _finalise_placed(self, raw_end: int) -> CaptionFinal:
+        """Like :meth:`_finalise` for words whose times are already set."""
+        assert self._segment is not None
+        words = tuple(Word(w.text, w.start_s, w.end_s) for w in self._words)
+        final = CaptionFinal(self._segment, self._text, words[0].start_s, words[-1].end_s, words)
+        self._segment = None
+        self._drop_open_text()
+        self._raw_final = raw_end
+        self._gen_final_end_s = self._last_final_end_s = final.end_s
+        self._seg_after_s, self._seg_after_word = final.end_s, True
+        return final

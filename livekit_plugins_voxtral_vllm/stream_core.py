@@ -53,6 +53,7 @@ from .segmenter import (
     CaptionFinal,
     CaptionInterim,
     CaptionSegmenter,
+    ResumePoint,
     SegmenterOptions,
 )
 
@@ -838,14 +839,24 @@ class StreamCore:
                 self.stats.first_text_latency_s = self._latency(step_end - STEP_SAMPLES // 2, now)
             self._emit_captions(seg.receive_delta(ev.delta, step_end / SAMPLE_RATE), now)
         else:
+            resume: ResumePoint | None = None
             if gen.continued:
-                captions = seg.continue_generation(ev.text)
+                captions, resume = seg.continue_generation(
+                    ev.text, keep_incomplete=self._no_progress(gen, seg.incomplete_start_s)
+                )
             else:
                 end_s = (gen.start + ev.steps * STEP_SAMPLES) / SAMPLE_RATE
                 captions = seg.finish_generation(ev.text, end_s)
             self._emit_captions(captions, now)
             self._report_usage(gen, ev)
             gen.finished = True
+            if gen.continued:
+                # The server stopped it while audio still flowed (§2.3): carry on from a quiet
+                # point after the last whole word, with the audio it had not consumed.
+                transcribed_end = gen.start + ev.steps * STEP_SAMPLES
+                cut = self._resume_cut(gen, resume, transcribed_end, gen.sent_until)
+                logger.debug("resume %s -> cut %.2f", resume, cut / SAMPLE_RATE)
+                self._continue(gen, cut, now, after=True)
 
     def _emit_captions(self, captions: list[CaptionEvent], now: float) -> None:
         for cap in captions:
@@ -889,17 +900,9 @@ class StreamCore:
             self._report_usage(gen, ev)
             return
         gen.continued = ev.reason is FinishReason.MAX_MODEL_LEN
+        # (a continued generation's successor is made when its done reaches the captions:
+        # where to resume depends on whether its last word was whole)
         self._route(gen, ev, now)
-        if ev.reason is FinishReason.MAX_MODEL_LEN:
-            # The server stopped it while audio still flowed (§2.3): carry on from a quiet
-            # point after the last word it transcribed, with the audio it had not consumed.
-            transcribed_end = gen.start + ev.steps * STEP_SAMPLES
-            last_word = self._last_word_end(gen)
-            # A word ending at the very last step has its gap in audio the server never
-            # transcribed, which the history still holds.
-            limit = transcribed_end if last_word is None else gen.sent_until
-            cut = self._cut_after(last_word, gen.start, limit)
-            self._continue(gen, cut, now, after=True)
         self._advance(now)
 
     def _continue_after_loss(self, gen: _Generation, now: float, reason: str) -> None:
@@ -967,12 +970,35 @@ class StreamCore:
 
     # -- internals: cut points, rollover, lag ----------------------------------------------------
 
-    def _last_word_end(self, gen: _Generation) -> int | None:
-        """Where the latest captioned token of ``gen`` ended (absolute sample), if any."""
-        last = self._segmenter.last_word_end_s
-        if last is None or last * SAMPLE_RATE < gen.start:
-            return None
-        return int(last * SAMPLE_RATE)
+    def _no_progress(self, gen: _Generation, incomplete_start_s: float | None) -> bool:
+        """Whether replaying ``gen``'s incomplete last word would start the next generation
+        where ``gen`` started (one word filled it): then the word is kept as it is rather
+        than replayed forever."""
+        if incomplete_start_s is None:
+            return False
+        return incomplete_start_s * SAMPLE_RATE <= gen.start + STEP_SAMPLES
+
+    def _resume_cut(
+        self, gen: _Generation, resume: ResumePoint | None, transcribed_end: int, limit: int
+    ) -> int:
+        """Where the generation after ``gen`` starts, from the segmenter's resume point: a
+        quiet point after the last whole word (before ``limit``), or before the incomplete
+        word that was taken out; near the end of what ``gen`` transcribed if it had no word."""
+        if resume is None:  # settled like a normal end
+            return self._cut_after(None, gen.start, transcribed_end)
+        at = int(resume.resume_s * SAMPLE_RATE)
+        before = None if resume.before_s is None else int(resume.before_s * SAMPLE_RATE)
+        if resume.after_word:
+            # may lie before gen.start when gen continued a server-stopped generation
+            lo = max(self._history.start, min(gen.start, at))
+            # A word ending at the very last step has its gap in audio the server never
+            # transcribed, which the history still holds.
+            hi = limit if before is None else min(limit, max(before, lo + 1))
+            return self._cut_after(at, lo, hi)
+        if before is not None:
+            lo = max(self._history.start, at)
+            return self._history.quietest(lo, before) if before > lo else lo
+        return self._cut_after(None, gen.start, transcribed_end)
 
     def _cut_after(self, word_end: int | None, gen_start: int, limit: int) -> int:
         """A quiet cut point just after a word whose end was estimated at ``word_end`` (the
@@ -1035,6 +1061,16 @@ class StreamCore:
             self._roll_over(gen, now, reason="rollover (no pause came)")
         elif committed >= cap - 3:
             self._roll_over(gen, now, reason="rollover at the limit")
+        elif (
+            self._room is not None
+            and gen.sent_until - gen.start >= self._room
+            and conn.lag_steps == 0
+            and (gen.end is None or gen.end > gen.sent_until)
+        ):
+            # Its whole allowance is sent and answered and more audio waits (dense tokens
+            # kept every branch above from firing): it must hand over, or nothing ever
+            # moves again and the final commit is never sent.
+            self._roll_over(gen, now, reason="rollover (allowance used)")
 
     def _set_limits(self) -> None:
         # read on every step: computed once per max_model_len
@@ -1085,20 +1121,26 @@ class StreamCore:
         socket is closed, which aborts its backlog on the server (vLLM >= 0.32).
         """
         transcribed_end = gen.start + gen.steps * STEP_SAMPLES
+        seg = self._segmenter
+        resume: ResumePoint | None = None
+        if seg.has_open_generation:
+            # its complete words are finalised; an incomplete last word goes to the next one
+            captions, resume = seg.roll_over(
+                keep_incomplete=self._no_progress(gen, seg.incomplete_start_s)
+            )
+            self._emit_captions(captions, now)
         if catch_up:
+            # the backlog after the last whole word is dropped (a word it cut is not shown)
+            kept = transcribed_end
+            if resume is not None and resume.before_s is not None:
+                kept = min(kept, max(gen.start, int(resume.before_s * SAMPLE_RATE)))
             lo = max(transcribed_end, self._history.end - self._opts.preroll_ms * _MS)
             cut = self._history.quietest(lo, self._history.end)
-            self.stats.dropped_audio_s += max(0, cut - transcribed_end) / SAMPLE_RATE
-            close_at = transcribed_end
+            self.stats.dropped_audio_s += max(0, cut - kept) / SAMPLE_RATE
         else:
-            cut = self._cut_after(self._last_word_end(gen), gen.start, transcribed_end)
-            close_at = cut
+            cut = self._resume_cut(gen, resume, transcribed_end, transcribed_end)
             self.stats.rollovers += 1
         logger.info("generation %d: %s at %.2fs", gen.gid, reason, cut / SAMPLE_RATE)
-        if self._segmenter.has_open_generation:
-            self._emit_captions(
-                self._segmenter.finish_generation(None, close_at / SAMPLE_RATE), now
-            )
         gen.muted = True
         self._remove(gen)
         new = self._new_generation(cut, now, f"{reason}, after {gen.gid}")

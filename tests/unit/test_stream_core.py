@@ -7,6 +7,7 @@ backpressure, timers) are tested in milliseconds of CPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,7 @@ from livekit_plugins_voxtral_vllm.testing import (
     VersionProfile,
     synthesize,
 )
+from livekit_plugins_voxtral_vllm.testing.engine import StreamingDecoder
 
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 CHUNK = 1280  # the glue pushes 80 ms chunks
@@ -57,6 +59,10 @@ class Harness:
     refuse_connects: bool = False
     step_budget: int | None = None  # engine steps per pump (None: all runnable)
     frozen: set[int] = field(default_factory=set)  # lanes whose engine does not step
+    delay_ms: int = 480
+    decoder_factory: Callable[[], StreamingDecoder] | None = None
+    on_engine: Callable[[RealtimeEngine, int], None] | None = None
+    """Called with each new engine and its index (0 for the first): to inject faults."""
 
     def __post_init__(self) -> None:
         self.endpointer = Endpointer()
@@ -72,14 +78,20 @@ class Harness:
                     if self.refuse_connects:
                         self.core.lane_lost(action.lane, self.now, "connection refused")
                         continue
+                    extra = (
+                        {"decoder_factory": self.decoder_factory} if self.decoder_factory else {}
+                    )
                     engine = RealtimeEngine(
                         served_model_names=[MODEL],
                         profile=VersionProfile.for_version(self.version),
-                        math=StepMath(480, self.max_model_len),
+                        math=StepMath(self.delay_ms, self.max_model_len),
                         now=self.now,
+                        **extra,  # type: ignore[arg-type]
                     )
                     self.engines[action.lane] = engine
                     self.all_engines.append(engine)
+                    if self.on_engine is not None:
+                        self.on_engine(engine, len(self.all_engines) - 1)
                     self.core.lane_connected(action.lane, self.now)
                 elif isinstance(action, SendOnLane):
                     engine = self.engines[action.lane]
@@ -100,6 +112,10 @@ class Harness:
                 for text in engine.data_to_send():
                     moved = True
                     self.core.lane_received(lane, text, self.now)
+                if engine.drop_requested and self.engines.get(lane) is engine:
+                    moved = True
+                    del self.engines[lane]
+                    self.core.lane_lost(lane, self.now, "connection dropped")
             if not moved:
                 return
         raise AssertionError("the core and the engines never settled")
@@ -137,9 +153,20 @@ def harness(**options: object) -> Harness:
     max_model_len = options.pop("engine_max_model_len", 131072)
     version = options.pop("version", "0.33.0")
     model = options.pop("model", MODEL)
+    factory = options.pop("decoder_factory", None)
+    on_engine = options.pop("on_engine", None)
     assert isinstance(max_model_len, int) and isinstance(version, str) and isinstance(model, str)
     core = StreamCore(CoreOptions(model=model, **options))  # type: ignore[arg-type]
-    return Harness(core=core, max_model_len=max_model_len, version=version, model=model)
+    delay = core._opts.transcription_delay_ms
+    return Harness(
+        core=core,
+        max_model_len=max_model_len,
+        version=version,
+        model=model,
+        delay_ms=delay,
+        decoder_factory=factory,  # type: ignore[arg-type]
+        on_engine=on_engine,  # type: ignore[arg-type]
+    )
 
 
 def words(text: str) -> list[str]:
