@@ -1,5 +1,5 @@
-"""StreamCore with real sub-word tokens (issue 11): the emulator's engine, its tone decoder
-re-emitted one Tekken token per step (``subword.py``), faults at every token position.
+"""StreamCore with real sub-word tokens (issue 11): the emulator's engine in its real-token
+mode (one Tekken token per step, vLLM's incremental deltas), faults at every token position.
 
 A generation that stops inside a multi-token word or a multi-byte character must lose nothing
 and show nothing twice: the next generation hears the whole word again and its text replaces
@@ -8,78 +8,83 @@ the partial one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from livekit_plugins_voxtral_vllm.testing import RealtimeEngine, StepMath, synthesize
+from livekit_plugins_voxtral_vllm.testing.speech import ToneDecoder
+from livekit_plugins_voxtral_vllm.testing.tokens import expected_deltas
 
-from .subword import deltas, factory, spoken
-from .test_stream_core import Final, harness
+from .test_stream_core import Final, Harness, harness
 
-LEXICON = {
-    " hello": " In",
-    " world": " 2026",
-    " the": " Zoë",
-    " quick": "公园",
-    " brown": " 😀",
-    " fox": " went",
-    " jumps": " home",
-    ".": ".",
+pytest.importorskip("mistral_common", reason="the real-token mode needs the [emulator] extra")
+
+# Multi-token words and multi-byte characters in the middle of running speech.
+SCRIPTS = {
+    "en": "hello world 2026 😀 don't stop the meeting now .",
+    "fr": "bonjour Zoë aujourd'hui 2026 c'est prêt .",
+    "zh": "你好 他 在 公园 散步 吧 。",
+    "ja": "今日 は 公園 を 散歩 です 。",
 }
-SCRIPT = "hello world the quick brown fox jumps ."
-TONES = [" hello", " world", " the", " quick", " brown", " fox", " jumps", "."]
-EXPECTED = spoken(TONES, LEXICON)  # " In 2026 Zoë公园 😀 went home."
+PROBES = [("en", " 2026"), ("en", " 😀"), ("en", " don't"), ("fr", " Zoë"), ("zh", "公园")]
 
 
-def _run(on_engine: object = None, **options: object) -> tuple[str, object]:
-    h = harness(decoder_factory=factory(LEXICON), on_engine=on_engine, **options)
-    speech = synthesize(SCRIPT)
+def transcript(finals: list[Final]) -> str:
+    """The finals as one text: a space between captions unless one is in a script without
+    spaces."""
+    out = ""
+    for f in finals:
+        text = f.caption.text
+        cjk = "\u3040" <= text[0] <= "\u9fff" or (out and "\u3040" <= out[-1] <= "\u9fff")
+        out += text if not out or cjk else " " + text
+    return out
+
+
+def run(
+    language: str, on_engine: Callable[[RealtimeEngine, int], None] | None = None, **opts: object
+) -> Harness:
+    h = harness(
+        decoder_factory=lambda: ToneDecoder(16000, language=language),
+        on_engine=on_engine,
+        **opts,
+    )
+    speech = synthesize(SCRIPTS[language], language=language)
     h.push(speech.samples)
     h.advance(1.0)
     h.end()
     assert h.core.finished
-    text = "".join(_joined(f) for f in h.finals())
-    return text, h
+    return h
 
 
-def _joined(final: Final) -> str:
-    """A final as it sits in the transcript: a space before it unless it starts with a
-    character of a script written without spaces."""
-    text = final.caption.text
-    return text if "\u4e00" <= text[0] <= "\u9fff" else " " + text
+def expected(language: str) -> str:
+    return synthesize(SCRIPTS[language], language=language).text.strip()
 
 
-def _word_steps(word: str) -> list[int]:
+def word_steps(language: str, word: str) -> list[int]:
     """The steps of the first generation that carry ``word``'s tokens, in a clean run."""
-    seen: list[list[str]] = []
-
-    def keep(engine: RealtimeEngine, index: int) -> None:
-        if index == 0:
-            seen.append(engine.generations[0].deltas if engine.generations else [])
-            engines.append(engine)
-
-    engines: list[RealtimeEngine] = []
-    text, _ = _run(on_engine=keep)
-    assert text == EXPECTED
-    got = engines[0].generations[0].deltas
-    want = deltas(word)
+    h = run(language)
+    assert transcript(h.finals()) == expected(language)
+    got = h.all_engines[0].generations[0].deltas
+    want = expected_deltas(word)
     for i in range(len(got) - len(want) + 1):
         if got[i : i + len(want)] == want:
             return list(range(i, i + len(want)))
     raise AssertionError(f"{word!r} ({want}) not found in {got}")
 
 
-def test_clean_run_is_exact() -> None:
-    text, _ = _run()
-    assert text == EXPECTED
+@pytest.mark.parametrize("language", sorted(SCRIPTS))
+def test_clean_run_is_exact(language: str) -> None:
+    h = run(language)
+    assert transcript(h.finals()) == expected(language)
 
 
-@pytest.mark.parametrize("word", [" 2026", "公园", " 😀", " Zoë"])
+@pytest.mark.parametrize(("language", "word"), PROBES)
 @pytest.mark.parametrize("fault", ["unsolicited_done", "processing_error", "drop"])
-def test_stop_after_every_token_of_a_word(word: str, fault: str) -> None:
+def test_stop_after_every_token_of_a_word(language: str, word: str, fault: str) -> None:
     """A stop after each token of a multi-token word or a multi-byte character: the word
     comes out whole and once, no character is broken."""
-    steps = _word_steps(word)
-    for step in steps:
+    for step in word_steps(language, word):
         n = step + 1  # the first generation sends exactly this many deltas
 
         def inject(engine: RealtimeEngine, index: int, n: int = n) -> None:
@@ -92,16 +97,16 @@ def test_stop_after_every_token_of_a_word(word: str, fault: str) -> None:
             else:
                 engine.schedule_drop(after_steps=n)
 
-        text, h = _run(on_engine=inject)
+        h = run(language, on_engine=inject)
+        text = transcript(h.finals())
         assert "\ufffd" not in text
-        assert text == EXPECTED, f"stop after step {step} ({fault})"
-        first = h.all_engines[0].generations[0]  # type: ignore[attr-defined]
-        assert first.steps == n, "the fault fired where intended"
+        assert text == expected(language), f"stop after step {step} ({fault})"
+        assert h.all_engines[0].generations[0].steps == n, "the fault fired where intended"
 
 
 def test_a_generation_of_punctuation_only_is_no_caption() -> None:
     """Issue 11, item 7: a generation whose only output is "." becomes no caption."""
-    h = harness(decoder_factory=factory({}))
+    h = harness()
     h.push(synthesize(". <pause:1500> hello world .").samples)
     h.advance(1.0)
     h.end()
