@@ -40,7 +40,13 @@ from .events import (
 )
 from .protocol import STEP_SAMPLES, ErrorCode, ErrorKind
 
-__all__ = ["RealtimeConnection", "first_step_samples", "steps_for_samples"]
+__all__ = [
+    "RealtimeConnection",
+    "first_step_samples",
+    "steps_for_samples",
+    "prompt_tokens",
+    "min_max_model_len",
+]
 
 _LOOK_AHEAD_SAMPLES = 40  # streaming_look_ahead_ms 2.5 in tekken.json
 
@@ -48,6 +54,19 @@ _LOOK_AHEAD_SAMPLES = 40  # streaming_look_ahead_ms 2.5 in tekken.json
 def first_step_samples(transcription_delay_ms: int) -> int:
     """Real audio a generation needs before its first step: delay + 80 ms + 2.5 ms (§3.2)."""
     return (transcription_delay_ms // 80 + 1) * STEP_SAMPLES + _LOOK_AHEAD_SAMPLES
+
+
+def prompt_tokens(transcription_delay_ms: int) -> int:
+    """Prefill tokens of every generation: BOS + 32 left-pad + delay tokens (39 at 480 ms)."""
+    return 33 + transcription_delay_ms // 80
+
+
+def min_max_model_len(transcription_delay_ms: int) -> int:
+    """The smallest max_model_len a stream can work with: the prompt, the right padding vLLM
+    runs after ``final`` (delay + 11 steps), a 3-step margin and 2 steps of audio, so every
+    generation can finish before the limit and still make progress (61 at 480 ms)."""
+    delay = transcription_delay_ms // 80
+    return prompt_tokens(transcription_delay_ms) + (delay + 11) + 3 + 2
 
 
 def steps_for_samples(samples: int, transcription_delay_ms: int) -> int:

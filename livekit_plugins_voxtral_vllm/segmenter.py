@@ -657,34 +657,37 @@ class CaptionSegmenter:
                 draft.start_s = draft.end_s = prev
             prev = draft.end_s
 
-    def _cut_incomplete(self, keep: bool = False) -> ResumePoint:
+    def _cut_incomplete(self, keep: bool = False, dry_run: bool = False) -> ResumePoint:
         """Take an incomplete last word, with the unit it belongs to, out of the open segment
         (only if this generation produced it, and unless ``keep``); where the next generation
-        must start."""
+        must start. ``dry_run``: only say where (nothing changes)."""
         dropped: _OpenUnit | None = None
+        kept = self._words
         if not self._tail_complete and self._units and not keep:
             unit = self._units[-1]
             if unit.generation == self._generation:
                 self._place()
                 idx = len(self._units) - 1
-                while self._words and self._words[-1].unit == idx:
-                    self._words.pop()
-                self._units.pop()
+                kept = [w for w in self._words if w.unit != idx]
                 dropped = unit
-                # The words kept keep the times they had next to it (its onset would
-                # otherwise go to the word before it) until the replayed word comes.
-                self._frozen = True
-                self._text = self._compose()
-                tail = self._text.rstrip(_CLOSERS)
-                self._ends_sentence = bool(tail) and tail[-1] in _SENTENCE_END
-                logger.debug("generation %d stopped inside a word: replaying it", self._generation)
-        self._tail_complete = True
+        if dropped is not None and not dry_run:
+            self._words = kept
+            self._units.pop()
+            # The words kept keep the times they had next to it (its onset would otherwise
+            # go to the word before it) until the replayed word comes.
+            self._frozen = True
+            self._text = self._compose()
+            tail = self._text.rstrip(_CLOSERS)
+            self._ends_sentence = bool(tail) and tail[-1] in _SENTENCE_END
+            logger.debug("generation %d stopped inside a word: replaying it", self._generation)
+        if not dry_run:
+            self._tail_complete = True
         before = None if dropped is None else dropped.start_s
-        if self._words:
-            self._place()
-            return ResumePoint(
-                self._sound_end(self._words[-1].end_s), self._segment, before_s=before
-            )
+        if kept:
+            if dropped is None:
+                self._place()
+            end = self._sound_end(kept[-1].end_s) if dropped is None else kept[-1].end_s
+            return ResumePoint(end, self._segment, before_s=before)
         if self._gen_final_end_s is not None:
             return ResumePoint(self._gen_final_end_s, self._segment, before_s=before)
         if dropped is not None:
@@ -693,17 +696,15 @@ class CaptionSegmenter:
             return ResumePoint(at, self._segment, after_word=False, before_s=before)
         return ResumePoint(self._gen_start_s, self._segment, after_word=False)
 
-    @property
-    def incomplete_start_s(self) -> float | None:
-        """Where the sound of an incomplete last word began (estimated), if the open segment
-        ends in one that this generation produced; else None."""
-        if self._tail_complete or not self._units or not self._gen_open:
-            return None
-        unit = self._units[-1]
-        if unit.generation != self._generation:
-            return None
-        self._place()
-        return unit.start_s
+    def peek_resume(self) -> ResumePoint:
+        """Where :meth:`roll_over` or :meth:`continue_generation` would resume (an
+        incomplete last word taken out); nothing changes.
+
+        Raises:
+            InvalidState: no generation is open.
+        """
+        self._require_generation("peek_resume")
+        return self._cut_incomplete(dry_run=True)
 
     def _sound_end(self, end_s: float) -> float:
         """Where to resume after a word ending at ``end_s``: after the step of the

@@ -48,6 +48,7 @@ from .generation_cap import GenerationCap
 from .history import AudioHistory
 from .log import logger
 from .protocol import SAMPLE_RATE, STEP_SAMPLES, ErrorCode, ErrorKind, Usage, describe_refusal
+from .rut import RutDetector, RutOptions, RutSignal
 from .segmenter import (
     CaptionEvent,
     CaptionFinal,
@@ -70,6 +71,7 @@ __all__ = [
     "Interim",
     "Final",
     "UsageReport",
+    "BlankRut",
     "StreamFailed",
     "Action",
     "StreamEvent",
@@ -117,6 +119,7 @@ class CoreOptions:
     generation_cap: GenerationCap | None = None
     """Roll generations over once they have taken this much audio (None: only for
     max_model_len)."""
+    rut: RutOptions = field(default_factory=RutOptions)
 
 
 # -- actions and stream events ---------------------------------------------------------------
@@ -172,6 +175,16 @@ class UsageReport:
 
 
 @dataclass(frozen=True, slots=True)
+class BlankRut:
+    """vLLM's blank-token rut (vllm-project/vllm#47614) was detected: ``speech_s`` of speech
+    got only empty deltas. ``persistent``: on a fresh socket too (reported once per episode;
+    the first report of an episode says the stream continued on a fresh socket)."""
+
+    persistent: bool
+    speech_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class StreamFailed:
     """The stream cannot go on. ``configuration`` errors are the user's to fix (no retry);
     ``code`` is vLLM's error code when the server refused the session."""
@@ -181,7 +194,7 @@ class StreamFailed:
     code: ErrorCode | None = None
 
 
-StreamEvent = SpeechStarted | SpeechEnded | Interim | Final | UsageReport
+StreamEvent = SpeechStarted | SpeechEnded | Interim | Final | UsageReport | BlankRut
 Action = OpenLane | SendOnLane | CloseLane | StreamEvent | StreamFailed
 
 
@@ -212,6 +225,14 @@ class StreamStats:
     malformed_messages: int = 0
     server_errors: int = 0
     audio_sent_s: float = 0.0
+    blank_ruts: int = 0
+    """Episodes of vLLM's blank-token rut (vllm-project/vllm#47614): long endpointed speech
+    that got only empty deltas; each was continued on a fresh socket from the last word."""
+    blank_ruts_persistent: int = 0
+    """Of those, episodes where the fresh socket rutted too (the server needs a restart;
+    captions are missing meanwhile)."""
+    dropped_punctuation: int = 0
+    """Punctuation-only output with no open caption to join (never a caption by itself)."""
 
 
 # -- internal records ------------------------------------------------------------------------
@@ -266,6 +287,7 @@ class StreamCore:
         self.stats = StreamStats()
         self._history = AudioHistory(int(options.history_s * SAMPLE_RATE))
         self._segmenter = CaptionSegmenter(options.segmenter)
+        self._rut = RutDetector(options.rut)
         self._actions: list[Action] = []
         self._lanes: dict[int, _Lane] = {}
         self._next_lane = 1
@@ -387,6 +409,7 @@ class StreamCore:
         )
         if self._failed or self._input_ended or self._live is not None:
             return
+        self._rut.speech_started(start_sample)
         if not self._speaking:
             self._speaking = True
             self._actions.append(SpeechStarted())
@@ -408,6 +431,7 @@ class StreamCore:
     def speech_ended(self, end_sample: int, now: float) -> None:
         """The endpointer saw enough silence: finish the live generation (``final``)."""
         logger.debug("speech ended at %.2fs", end_sample / SAMPLE_RATE)
+        self._rut.speech_ended(end_sample)
         self._end_live(now)
 
     def flush(self, now: float) -> None:
@@ -778,6 +802,11 @@ class StreamCore:
                     if not gen.muted:
                         self._route(gen, ev, now)
                         self._after_step(gen, lane.conn, now)
+                        lo = gen.start + ev.step * STEP_SAMPLES
+                        signal = self._rut.step(lo, lo + STEP_SAMPLES, bool(ev.delta))
+                        if signal is not None:
+                            self._on_rut(gen, signal, now)
+                            return
                 continue
             changed = True
             if isinstance(ev, GenerationFinished):
@@ -838,12 +867,14 @@ class StreamCore:
             if ev.delta.strip() and self.stats.first_text_latency_s is None:
                 self.stats.first_text_latency_s = self._latency(step_end - STEP_SAMPLES // 2, now)
             self._emit_captions(seg.receive_delta(ev.delta, step_end / SAMPLE_RATE), now)
+            if ev.delta:
+                self.stats.dropped_punctuation = seg.dropped_punctuation
         else:
             resume: ResumePoint | None = None
             if gen.continued:
-                captions, resume = seg.continue_generation(
-                    ev.text, keep_incomplete=self._no_progress(gen, seg.incomplete_start_s)
-                )
+                transcribed_end = gen.start + ev.steps * STEP_SAMPLES
+                keep = self._no_progress(gen, transcribed_end, gen.sent_until)
+                captions, resume = seg.continue_generation(ev.text, keep_incomplete=keep)
             else:
                 end_s = (gen.start + ev.steps * STEP_SAMPLES) / SAMPLE_RATE
                 captions = seg.finish_generation(ev.text, end_s)
@@ -853,7 +884,6 @@ class StreamCore:
             if gen.continued:
                 # The server stopped it while audio still flowed (§2.3): carry on from a quiet
                 # point after the last whole word, with the audio it had not consumed.
-                transcribed_end = gen.start + ev.steps * STEP_SAMPLES
                 cut = self._resume_cut(gen, resume, transcribed_end, gen.sent_until)
                 logger.debug("resume %s -> cut %.2f", resume, cut / SAMPLE_RATE)
                 self._continue(gen, cut, now, after=True)
@@ -903,6 +933,50 @@ class StreamCore:
         # (a continued generation's successor is made when its done reaches the captions:
         # where to resume depends on whether its last word was whole)
         self._route(gen, ev, now)
+        self._advance(now)
+
+    def _on_rut(self, gen: _Generation, signal: RutSignal, now: float) -> None:
+        """vLLM's blank-token rut (vllm-project/vllm#47614): long speech, only empty deltas."""
+        threshold = self._opts.rut.threshold_s
+        self._actions.append(BlankRut(signal is RutSignal.PERSISTENT, threshold))
+        if signal is RutSignal.PERSISTENT:
+            self.stats.blank_ruts_persistent += 1
+            logger.warning(
+                "vLLM still sends only empty deltas on a fresh socket (another %.0fs of speech): "
+                "the blank-token rut (vllm-project/vllm#47614) persists; captions are missing "
+                "until the server recovers or is restarted",
+                threshold,
+            )
+            return
+        self.stats.blank_ruts += 1
+        logger.warning(
+            "vLLM sent only empty deltas for %.0fs of speech: the blank-token rut "
+            "(vllm-project/vllm#47614); continuing on a fresh socket from the last word",
+            threshold,
+        )
+        if gen.phase not in (_Phase.RUNNING, _Phase.FINALIZING) or gen.lane is None:
+            return
+        lane_id, gen.lane = gen.lane, None
+        if lane_id in self._lanes:
+            self._lanes[lane_id].gen = None
+            self._retire_lane(lane_id)  # a fresh socket: the ruined one is not reused
+        gen.phase = _Phase.ENDED
+        gen.pending.clear()
+        cut = gen.start
+        if self._order and self._order[0] is gen:
+            resume = (
+                self._segmenter.abandon_generation()
+                if self._segmenter.has_open_generation
+                else None
+            )
+            since = self._rut.since
+            if resume is not None and (since is None or since >= gen.start):
+                # it had text before the rut: from after its last final, like a lost one
+                cut = max(self._history.start, min(gen.start, int(resume.resume_s * SAMPLE_RATE)))
+            elif since is not None:
+                # the rut began in an earlier generation: from its last word
+                cut = self._cut_after(since, self._history.start, gen.start)
+        self._continue(gen, cut, now, after=False)
         self._advance(now)
 
     def _continue_after_loss(self, gen: _Generation, now: float, reason: str) -> None:
@@ -970,13 +1044,18 @@ class StreamCore:
 
     # -- internals: cut points, rollover, lag ----------------------------------------------------
 
-    def _no_progress(self, gen: _Generation, incomplete_start_s: float | None) -> bool:
+    def _no_progress(self, gen: _Generation, transcribed_end: int, limit: int) -> bool:
         """Whether replaying ``gen``'s incomplete last word would start the next generation
-        where ``gen`` started (one word filled it): then the word is kept as it is rather
-        than replayed forever."""
-        if incomplete_start_s is None:
+        where ``gen`` started (the word filled it): then the word is kept as it is rather than
+        replayed forever."""
+        resume = self._segmenter.peek_resume()
+        if resume.before_s is None:
+            return False  # nothing to take out
+        cut = self._resume_cut(gen, resume, transcribed_end, limit)
+        if cut > gen.start + STEP_SAMPLES:
             return False
-        return incomplete_start_s * SAMPLE_RATE <= gen.start + STEP_SAMPLES
+        logger.info("generation %d: one word filled it; keeping it as it is", gen.gid)
+        return True
 
     def _resume_cut(
         self, gen: _Generation, resume: ResumePoint | None, transcribed_end: int, limit: int
@@ -1125,9 +1204,8 @@ class StreamCore:
         resume: ResumePoint | None = None
         if seg.has_open_generation:
             # its complete words are finalised; an incomplete last word goes to the next one
-            captions, resume = seg.roll_over(
-                keep_incomplete=self._no_progress(gen, seg.incomplete_start_s)
-            )
+            keep = self._no_progress(gen, transcribed_end, transcribed_end)
+            captions, resume = seg.roll_over(keep_incomplete=keep)
             self._emit_captions(captions, now)
         if catch_up:
             # the backlog after the last whole word is dropped (a word it cut is not shown)

@@ -46,7 +46,7 @@ from livekit.agents.utils import AudioBuffer, is_given
 
 from . import protocol
 from .audio import AudioPipeline
-from .connection import RealtimeConnection
+from .connection import RealtimeConnection, min_max_model_len, prompt_tokens
 from .discovery import ServerInfo, discover
 from .endpointer import Endpointer, EndpointerOptions
 from .endpointer import SpeechEnded as EpSpeechEnded
@@ -59,6 +59,7 @@ from .log import logger
 from .protocol import SAMPLE_RATE, ErrorCode
 from .segmenter import CaptionFinal, CaptionSegmenter, SegmenterOptions
 from .stream_core import (
+    BlankRut,
     CloseLane,
     CoreOptions,
     Final,
@@ -134,8 +135,13 @@ class _STTOptions:
         return "_STTOptions(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
 
-class STT(stt.STT[Literal["metrics_collected"]]):
+class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
     """Live speech-to-text from Voxtral Realtime served by vLLM's ``/v1/realtime``.
+
+    Events: ``"metrics_collected"`` (LiveKit's), and ``"blank_rut"`` with a
+    :class:`~.stream_core.BlankRut` when a stream detects vLLM's blank-token rut
+    (vllm-project/vllm#47614: the server answers every step with an empty delta over speech).
+    Each stream's counters are in ``stream.stats``.
 
     Args:
         base_url: the server, as ``ws(s)://host:port[/v1/realtime]``, ``http(s)://...`` or a
@@ -254,6 +260,15 @@ class STT(stt.STT[Literal["metrics_collected"]]):
         _check_int("preroll_ms", preroll_ms, 0, 2000)
         if max_model_len is not None:
             _check_int("max_model_len", max_model_len, 64, 10_000_000)
+            least = min_max_model_len(transcription_delay_ms)
+            if max_model_len < least:
+                raise ValueError(
+                    f"max_model_len={max_model_len} is too small for "
+                    f"transcription_delay_ms={transcription_delay_ms}: each generation needs "
+                    f"{prompt_tokens(transcription_delay_ms)} prompt tokens and "
+                    f"{transcription_delay_ms // 80 + 11} steps of right padding; "
+                    f"use at least {least} (and start vLLM with that --max-model-len)"
+                )
         generation_cap = GenerationCap(max_generation_s) if max_generation_s is not None else None
         for name, value, lo in (
             ("max_lag_s", max_lag_s, 0.5),
@@ -1112,6 +1127,9 @@ class SpeechStream(stt.RecognizeStream):
                         ),
                     )
                 )
+            elif isinstance(action, BlankRut):
+                # (logged by the core; an app can count or alert on it: stt.on("blank_rut"))
+                self._stt_impl.emit("blank_rut", action)
             elif isinstance(action, OpenLane):
                 self._open_lane(action.lane)
             elif isinstance(action, CloseLane):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 from livekit_plugins_voxtral_vllm.testing import RealtimeEngine, StepMath, synthesize
@@ -111,3 +112,61 @@ def test_a_generation_of_punctuation_only_is_no_caption() -> None:
     h.advance(1.0)
     h.end()
     assert [f.caption.text for f in h.finals()] == ["hello world."]
+
+
+# -- the blank-token rut (vllm-project/vllm#47614) -------------------------------------------
+
+RUT_SCRIPT = " <pause:300> ".join(
+    ["hello world the meeting starts now .", "we can hear the quick brown fox .",
+     "jumps over the lazy dog .", "good morning everyone let us begin .",
+     "next slide please , thank you ."] * 2
+)  # fmt: skip  # one utterance of about 23 s
+
+
+def _rut_run(
+    caplog: pytest.LogCaptureFixture, which: Callable[[RealtimeEngine, int], None]
+) -> tuple[Harness, str, list[str]]:
+    h = harness(on_engine=which)
+    speech = synthesize(RUT_SCRIPT)
+    with caplog.at_level("WARNING", logger="livekit.plugins.voxtral_vllm"):
+        h.push(speech.samples)
+        h.advance(2.0)
+        h.end()
+    assert h.core.finished, "end_input() ends the stream, rut or not"
+    warnings = [r.getMessage() for r in caplog.records if "47614" in r.getMessage()]
+    return h, speech.text.strip(), warnings
+
+
+def test_rut_on_one_socket_is_recovered_on_a_fresh_one(caplog: pytest.LogCaptureFixture) -> None:
+    def first_ruts(engine: RealtimeEngine, index: int) -> None:
+        engine.rut = index == 0
+
+    h, spoken, warnings = _rut_run(caplog, first_ruts)
+    assert transcript(h.finals()) == spoken, "replayed from the last word: nothing lost"
+    assert (h.core.stats.blank_ruts, h.core.stats.blank_ruts_persistent) == (1, 0)
+    assert len(warnings) == 1 and "fresh socket" in warnings[0]
+    assert h.all_engines[0].generations[-1].rut_steps > 0
+
+
+def test_rut_on_every_socket_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    def all_rut(engine: RealtimeEngine, index: int) -> None:
+        engine.rut = True
+
+    h, _, warnings = _rut_run(caplog, all_rut)
+    assert h.finals() == []
+    assert (h.core.stats.blank_ruts, h.core.stats.blank_ruts_persistent) == (1, 1)
+    assert len(warnings) == 2 and "persists" in warnings[1]
+
+
+def test_silence_and_coughs_are_no_rut() -> None:
+    """A minute of room noise with a cough every two seconds: short utterances, no text."""
+    rng = np.random.default_rng(7)
+    cough = (rng.standard_normal(int(0.45 * 16000)) * 6000).astype(np.int16)
+    quiet = (rng.standard_normal(int(1.55 * 16000)) * 30).astype(np.int16)
+    h = harness()
+    for _ in range(30):
+        h.push(np.concatenate([cough, quiet]))
+    h.end()
+    assert h.core.finished and h.finals() == []
+    assert h.core.stats.generations >= 20  # the endpointer did take the coughs for speech
+    assert h.core.stats.blank_ruts == 0

@@ -1,0 +1,96 @@
+"""No deadlock at any limit (issue 11, item 5).
+
+For every max_model_len the constructor accepts, any transcription delay, dense or sparse
+tokens (multi-token words, CJK) and any pause pattern, a generation nearing its limit rolls
+over or finishes, and ``end_input()`` ends the stream with every word exactly once.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from livekit_plugins_voxtral_vllm.connection import min_max_model_len
+from livekit_plugins_voxtral_vllm.testing import lexicon, synthesize
+from livekit_plugins_voxtral_vllm.testing.speech import ToneDecoder
+from livekit_plugins_voxtral_vllm.testing.tokens import expected_deltas
+
+from .test_core_subword import transcript
+from .test_stream_core import harness
+
+pytest.importorskip("mistral_common", reason="the real-token mode needs the [emulator] extra")
+
+DELAYS = [80, 160, 480, 960, 2400]
+
+
+def _words(language: str, dense: bool) -> list[str]:
+    """Script words of ``language``: the ones with the most tokens per step of sound if
+    ``dense``, else all of them."""
+    lex = lexicon(language)
+    words = [w for w in lex.words if w not in lex.markers]
+    if not dense:
+        return words
+    texts = dict(zip(lex.words, lex.texts, strict=True))
+    return sorted(words, key=lambda w: -len(expected_deltas(texts[w])))[:8]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[int, int, str, str]:
+    delay = draw(st.sampled_from(DELAYS))
+    least = max(64, min_max_model_len(delay))
+    max_model_len = draw(st.integers(least, least + 80))
+    language = draw(st.sampled_from(["en", "zh", "ja"]))
+    pool = _words(language, dense=draw(st.booleans()))
+    parts: list[str] = []
+    for _ in range(draw(st.integers(4, 24))):
+        parts.append(draw(st.sampled_from(pool)))
+        pause = draw(st.sampled_from([0, 0, 0, 150, 400, 900, 1500]))
+        if pause:
+            parts.append(f"<pause:{pause}>")
+    marker = lexicon(language).words[-3]  # the full stop
+    return delay, max_model_len, language, " ".join([*parts, marker])
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(scenarios(), st.sampled_from(["0.31.0", "0.33.0"]))
+def test_end_input_always_ends_the_stream_with_every_word_once(
+    scenario: tuple[int, int, str, str], version: str
+) -> None:
+    delay, max_model_len, language, script = scenario
+    h = harness(
+        transcription_delay_ms=delay,
+        max_model_len=max_model_len,
+        engine_max_model_len=max_model_len,
+        version=version,
+        decoder_factory=lambda: ToneDecoder(16000, language=language),
+    )
+    speech = synthesize(script, language=language)
+    h.push(speech.samples)
+    h.end()  # no grace period: end_input() right after the last audio
+    h.advance(5.0)
+    assert h.core.finished, "end_input() must end the stream"
+    assert not any(e.engine_fatal for e in h.all_engines), "a generation overran the limit"
+    assert transcript(h.finals()) == speech.text.strip()
+
+
+def test_known_repro_max_model_len_70_with_dense_tokens() -> None:
+    """max_model_len=70, dense tokens near the limit: the allowance was sent and answered,
+    nothing was owed, no rollover fired, and the final commit was never sent."""
+    script = "2026 😀 2026 don't 😀 2026 2026 don't 😀 2026 ."
+    h = harness(
+        max_model_len=70,
+        engine_max_model_len=70,
+        version="0.31.0",
+    )
+    speech = synthesize(script)
+    h.push(speech.samples)
+    h.end()
+    h.advance(5.0)
+    assert h.core.finished
+    assert transcript(h.finals()) == speech.text.strip()
+    assert h.core.stats.rollovers >= 2
