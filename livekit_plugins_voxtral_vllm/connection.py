@@ -63,10 +63,11 @@ def prompt_tokens(transcription_delay_ms: int) -> int:
 
 def min_max_model_len(transcription_delay_ms: int) -> int:
     """The smallest max_model_len a stream can work with: the prompt, the right padding vLLM
-    runs after ``final`` (delay + 11 steps), a 3-step margin and 2 steps of audio, so every
-    generation can finish before the limit and still make progress (61 at 480 ms)."""
+    runs after ``final`` (delay + 11 steps), a 3-step margin and 62 steps (5 s) of audio past
+    the first step: a generation then holds several words, and the model's output, which
+    backs up behind words of many tokens, has room to catch up inside one (121 at 480 ms)."""
     delay = transcription_delay_ms // 80
-    return prompt_tokens(transcription_delay_ms) + (delay + 11) + 3 + 2
+    return prompt_tokens(transcription_delay_ms) + (delay + 11) + 3 + 62
 
 
 def steps_for_samples(samples: int, transcription_delay_ms: int) -> int:

@@ -44,6 +44,8 @@ _WORD_GAP_S = 0.12
 # step; otherwise one word after a long silence would span the silence (and trip max_segment_s).
 _INTER_WORD_GAP_S = 0.04  # typical silence between two words of running speech
 _MAX_WORD_S = 1.0
+# A word that began at an onset has not ended, so cannot have come out, this soon after it.
+_MIN_WORD_LEN_S = 0.2
 # Step times are sums of 0.08 in float: absorb the rounding when comparing durations.
 _EPS = 1e-6
 _MAX_ONSETS = 32
@@ -201,8 +203,8 @@ class CaptionSegmenter:
         self._tail_complete = True
         self._word_closed = False
         self._frozen = False  # word times are kept as they are (see _cut_incomplete)
-        # The step of punctuation after the last word: the model wrote it after hearing the
-        # silence that followed, so a replay resumes after it (else it comes twice).
+        # The end of the step of punctuation after the last word: the model wrote it after
+        # hearing what followed, so a replay resumes after it (else it comes twice).
         self._punct_s: float | None = None
         self._shown = False  # the open segment's number was shown in an interim
         self.dropped_punctuation = 0
@@ -543,13 +545,13 @@ class CaptionSegmenter:
             self._text += ch
             self._tail_complete = kind is CharKind.PUNCT
             if kind is CharKind.PUNCT:
-                self._punct_s = token_s
+                self._punct_s = self._step_mid()  # (its real step, never back-dated)
             return True
         if kind is CharKind.PUNCT and cur is not None:  # spaced (French " !")
             self._words.append(_Draft(ch, True, cur.unit, -1, False))
             self._text += " " + ch
             self._tail_complete = True
-            self._punct_s = token_s
+            self._punct_s = self._step_mid()
             return True
         self._tail_complete = False
         self._punct_s = None
@@ -592,6 +594,12 @@ class CaptionSegmenter:
             and cur_unit.generation == self._generation
             and char_kind(cur.text[-1]) is CharKind.SOLO
         )
+        if joins:
+            # ... unless sound began again after the unit's first token and ended by this one
+            # (a backed-up queue: the next word's first character right behind the last)
+            assert cur_unit is not None
+            lo, hi = cur_unit.first_s, token_s - _MIN_WORD_LEN_S + _EPS
+            joins = not any(lo < o <= hi for o in self._onsets)
         if not joins and self._words:
             self._place()
             if token_s - self._words[0].start_s > self._max_segment_s:
@@ -663,16 +671,36 @@ class CaptionSegmenter:
         must start. ``dry_run``: only say where (nothing changes)."""
         dropped: _OpenUnit | None = None
         kept = self._words
-        if not self._tail_complete and self._units and not keep:
-            unit = self._units[-1]
-            if unit.generation == self._generation:
+        cut_from = len(self._units)
+        if self._space_pending and self._space_s is not None and not keep:
+            # A lone space came: a word's first token, the word still to come. It began
+            # after the last word, by the space's step.
+            flight = _OpenUnit(self._space_s, False, self._generation)
+            onsets = [o for o in self._onsets if o > self._seg_after_s]
+            assign_onsets(self._units + [flight], onsets, -math.inf)
+            prev_end = self._words[-1].end_s if self._words else self._seg_after_s
+            flight.start_s = (
+                flight.onset_s
+                if flight.onset_s is not None
+                else max(prev_end, self._space_s - _MAX_WORD_S)
+            )
+            if self._units:
+                assign_onsets(self._units, onsets, -math.inf)  # as they were
+            dropped = flight
+        elif not self._tail_complete and self._units and not keep:
+            units = self._units
+            idx = len(units) - 1
+            if units[idx].generation == self._generation:
                 self._place()
-                idx = len(self._units) - 1
-                kept = [w for w in self._words if w.unit != idx]
-                dropped = unit
+                # Characters of a script without spaces that came right behind each other
+                # may be one word however the onsets split them: replay them all.
+                while idx > 0 and self._solo_chain(idx):
+                    idx -= 1
+                kept = [w for w in self._words if w.unit < idx]
+                dropped, cut_from = units[idx], idx
         if dropped is not None and not dry_run:
             self._words = kept
-            self._units.pop()
+            del self._units[cut_from:]
             # The words kept keep the times they had next to it (its onset would otherwise
             # go to the word before it) until the replayed word comes.
             self._frozen = True
@@ -690,25 +718,52 @@ class CaptionSegmenter:
             return ResumePoint(end, self._segment, before_s=before)
         if self._gen_final_end_s is not None:
             return ResumePoint(self._gen_final_end_s, self._segment, before_s=before)
+        if dropped is None and not keep:
+            # No word came out: speech that began after the last word may still be on its
+            # way (a character's first tokens are held as empty deltas). Resume before it.
+            start = max(self._seg_after_s, self._gen_start_s)
+            pending = [o for o in self._onsets if o > start and o < (self._last_step_s or 0.0)]
+            if pending:
+                before = pending[0]
+                at = max(start, before - 0.3)
+                return ResumePoint(at, self._segment, after_word=False, before_s=before)
         if dropped is not None:
             # no word before it in this generation: from a little before where it began
             at = max(self._seg_after_s, self._gen_start_s, dropped.start_s - 0.3)
             return ResumePoint(at, self._segment, after_word=False, before_s=before)
         return ResumePoint(self._gen_start_s, self._segment, after_word=False)
 
-    def peek_resume(self) -> ResumePoint:
-        """Where :meth:`roll_over` or :meth:`continue_generation` would resume (an
-        incomplete last word taken out); nothing changes.
+    def _step_mid(self) -> float:
+        return (self._last_step_s or 0.0) - _HALF_STEP_S
+
+    def _solo_chain(self, idx: int) -> bool:
+        """Whether unit ``idx`` came right behind unit ``idx - 1`` of the same generation,
+        both in a script without spaces where they meet."""
+        unit, prev = self._units[idx], self._units[idx - 1]
+        if not unit.contiguous or prev.generation != unit.generation:
+            return False
+        # (onsets do not settle it: when the output backs up, a word's last characters come
+        # out after the next word began)
+        first = next(w for w in self._words if w.unit == idx)
+        last = [w for w in self._words if w.unit == idx - 1][-1]
+        return char_kind(first.text[0]) is CharKind.SOLO and (
+            char_kind(last.text[-1]) is CharKind.SOLO
+        )
+
+    def peek_resume(self, *, keep_incomplete: bool = False) -> ResumePoint:
+        """Where :meth:`roll_over` or :meth:`continue_generation` would resume (with the
+        same ``keep_incomplete``); nothing changes.
 
         Raises:
             InvalidState: no generation is open.
         """
         self._require_generation("peek_resume")
-        return self._cut_incomplete(dry_run=True)
+        return self._cut_incomplete(keep_incomplete, dry_run=True)
 
     def _sound_end(self, end_s: float) -> float:
         """Where to resume after a word ending at ``end_s``: after the step of the
-        punctuation written after it, if any."""
+        punctuation written after it, if any (the model wrote it after hearing what followed
+        the word; a replay from before that step may write it again)."""
         return end_s if self._punct_s is None else max(end_s, self._punct_s)
 
     def _compose(self) -> str:
@@ -755,8 +810,7 @@ class CaptionSegmenter:
         assert self._segment is not None
         self._place()
         words = tuple(Word(w.text, w.start_s, w.end_s) for w in self._words)
-        spans = [w for w in self._words if w.wordish] or self._words
-        final = CaptionFinal(self._segment, self._text, spans[0].start_s, spans[-1].end_s, words)
+        final = CaptionFinal(self._segment, self._text, words[0].start_s, words[-1].end_s, words)
         self._segment = None
         self._drop_open_text()
         self._raw_final = raw_end

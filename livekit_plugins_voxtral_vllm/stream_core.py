@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 _MS = SAMPLE_RATE // 1000
+_AT_LIMIT = "rollover at the limit"
 
 
 class LagPolicy(str, enum.Enum):
@@ -266,6 +267,7 @@ class _Generation:
     lag_warned: bool = False
     lag_since: float | None = None
     lag_at_start: float = 0.0
+    full: bool = False  # sent all max_model_len allows; hands over at its end
 
 
 @dataclass(eq=False)
@@ -316,6 +318,7 @@ class StreamCore:
         # limit; both None when max_model_len is unknown
         self._cap_steps: int | None = None
         self._room: int | None = None
+        self._no_pause_window = 12
         self._set_limits()
 
     # -- properties ------------------------------------------------------------------------------
@@ -732,15 +735,17 @@ class StreamCore:
             # its step timestamps, so only one that has sent nothing yet can start later.
             self.stats.dropped_audio_s += (self._history.start - gen.sent_until) / SAMPLE_RATE
             if gen.sent_until != gen.start:
-                self._split_at_gap(gen, conn, now)
+                self._split_at(gen, conn, self._history.start, now, "after a gap")
                 return
             gen.start = gen.sent_until = self._history.start
         until = self._history.end if gen.end is None else min(gen.end, self._history.end)
-        if (room := self._room) is not None:
-            # A burst (a replay, a producer catching up, an utterance that ended before its
-            # socket was up) must not carry a generation past max_model_len: send what fits;
-            # once the server has caught up, the rollover hands the rest to a new generation.
-            until = min(until, gen.start + room)
+        if (room := self._room) is not None and until >= gen.start + room:
+            # A generation must not run past max_model_len: it takes audio up to a quiet
+            # point near its allowance, then hands the rest to the next (_check_capacity).
+            cap_at = gen.start + room
+            lo = max(gen.sent_until, cap_at - 300 * _MS)
+            until = self._history.quietest(lo, cap_at) if cap_at > lo else cap_at
+            gen.full = True
         sent = until > gen.sent_until
         if sent:
             audio = self._history.slice(gen.sent_until, until)
@@ -755,17 +760,21 @@ class StreamCore:
             self._check_lag(gen, conn, now)
         # with no new audio the budget did not grow; what else it depends on changes with
         # the server's output, after which _after_step checks it
-        if sent and gen.phase is _Phase.RUNNING and not gen.muted:
+        if (sent or gen.full) and gen.phase is _Phase.RUNNING and not gen.muted:
             self._check_capacity(gen, conn, now)
 
-    def _split_at_gap(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
-        """``gen`` lost audio it was owed: finish it where its audio stops and carry on from
-        what the history still holds in a new generation, which takes its place."""
+    def _split_at(
+        self, gen: _Generation, conn: RealtimeConnection, start: int, now: float, why: str
+    ) -> None:
+        """Finish ``gen`` where its audio stops and carry on from ``start`` (where it stops,
+        or, when it lost audio it was owed, what the history still holds) in a new
+        generation, right behind it."""
         rest_end = gen.end
         gen.end = gen.sent_until
         conn.finish_generation(now)
         gen.phase = _Phase.FINALIZING
-        new = self._new_generation(self._history.start, now, f"after a gap in {gen.gid}")
+        logger.info("generation %d: %s; continuing from %.2fs", gen.gid, why, start / SAMPLE_RATE)
+        new = self._new_generation(start, now, f"{why}, after {gen.gid}")
         new.end = rest_end
         if self._live is gen:
             self._live = new
@@ -797,7 +806,7 @@ class StreamCore:
                 if gen is not None:
                     gen.last_activity = now
                     gen.steps = ev.step + 1
-                    if ev.delta.strip():
+                    if ev.delta:  # (a lone space is a word's first token)
                         gen.last_text_step = ev.step
                     if not gen.muted:
                         self._route(gen, ev, now)
@@ -1127,6 +1136,13 @@ class StreamCore:
                 return
         if cap is None:
             return
+        if gen.full and (gen.end is None or gen.end > gen.sent_until):
+            # Its allowance is sent, up to a quiet point, and more audio waits (no rollover
+            # found a pause after a word: dense tokens, a backed-up output): it finishes
+            # normally with all it heard, and the next generation takes the audio from there.
+            self.stats.rollovers += 1
+            self._split_at(gen, conn, gen.sent_until, now, "its allowance is used")
+            return
         if conn.lag_steps > 2:
             # The cut must fall in audio the server has transcribed; until it catches up,
             # _feed holds back whatever would not fit.
@@ -1134,22 +1150,12 @@ class StreamCore:
         committed = conn.expected_steps + self._pad_steps
         if committed >= cap * self._opts.rollover_fraction and self._segmenter.open_segment is None:
             self._roll_over(gen, now, reason="rollover at a pause")
-        elif committed >= cap - max(12, cap // 20) and conn.steps - gen.last_text_step > 2:
+        elif committed >= cap - self._no_pause_window and conn.steps - gen.last_text_step > 2:
             # No caption pause came: cut in the first short gap after a token, never between a
             # word and the punctuation that follows it a step later.
             self._roll_over(gen, now, reason="rollover (no pause came)")
         elif committed >= cap - 3:
-            self._roll_over(gen, now, reason="rollover at the limit")
-        elif (
-            self._room is not None
-            and gen.sent_until - gen.start >= self._room
-            and conn.lag_steps == 0
-            and (gen.end is None or gen.end > gen.sent_until)
-        ):
-            # Its whole allowance is sent and answered and more audio waits (dense tokens
-            # kept every branch above from firing): it must hand over, or nothing ever
-            # moves again and the final commit is never sent.
-            self._roll_over(gen, now, reason="rollover (allowance used)")
+            self._roll_over(gen, now, reason=_AT_LIMIT)
 
     def _set_limits(self) -> None:
         # read on every step: computed once per max_model_len
@@ -1159,6 +1165,9 @@ class StreamCore:
         cap = max(1, self._opts.max_model_len - self._prompt_tokens)
         steps = max(1, cap - 3 - self._pad_steps)
         self._cap_steps = cap
+        # the last steps before the limit where a rollover no longer waits for a caption
+        # pause: never more than half of what a generation can take (small limits)
+        self._no_pause_window = min(max(12, cap // 20), max(1, steps // 2))
         self._room = (
             first_step_samples(self._opts.transcription_delay_ms) + (steps - 1) * STEP_SAMPLES
         )
@@ -1194,18 +1203,40 @@ class StreamCore:
         """Close ``gen``'s captions at a cut and continue its audio in a new generation (the
         live audio, or the rest of an utterance that already ended).
 
-        Rollover: the cut is a quiet point after the last captioned word, ``gen`` is finished
-        normally (final → done) and its output after the cut is ignored. Catch-up: the cut is
+        Rollover: the cut is a quiet point after the last whole word, ``gen`` is finished
+        normally (final → done) and its output after the cut is ignored; the caption stays
+        open for the next generation. Catch-up: the cut is
         near the live edge, the backlog in between is dropped (and counted), and the lagging
         socket is closed, which aborts its backlog on the server (vLLM >= 0.32).
         """
         transcribed_end = gen.start + gen.steps * STEP_SAMPLES
         seg = self._segmenter
         resume: ResumePoint | None = None
+        keep = False
+        if not catch_up:
+            # A rollover must move on: a cut where gen started (a word still coming out
+            # filled it) would start it over forever. Wait for more output, unless gen can
+            # take no more: then its last word is kept as it is.
+            peek = seg.peek_resume() if seg.has_open_generation else None
+            if self._resume_cut(gen, peek, transcribed_end, transcribed_end) <= (
+                gen.start + STEP_SAMPLES
+            ):
+                room = self._room
+                full = reason == _AT_LIMIT or (
+                    room is not None and gen.sent_until - gen.start >= room
+                )
+                if not full or transcribed_end <= gen.start:
+                    return
+                keep = True
+                logger.info("generation %d: one word filled it; keeping it as it is", gen.gid)
         if seg.has_open_generation:
-            # its complete words are finalised; an incomplete last word goes to the next one
-            keep = self._no_progress(gen, transcribed_end, transcribed_end)
-            captions, resume = seg.roll_over(keep_incomplete=keep)
+            # An incomplete last word goes to the next generation. Catch-up closes the caption
+            # (audio is dropped after it); a rollover keeps it open, so the next generation's
+            # first tokens (often the punctuation of the last word) join it.
+            if catch_up:
+                captions, resume = seg.roll_over(keep_incomplete=keep)
+            else:
+                captions, resume = seg.continue_generation(None, keep_incomplete=keep)
             self._emit_captions(captions, now)
         if catch_up:
             # the backlog after the last whole word is dropped (a word it cut is not shown)
@@ -1217,6 +1248,14 @@ class StreamCore:
             self.stats.dropped_audio_s += max(0, cut - kept) / SAMPLE_RATE
         else:
             cut = self._resume_cut(gen, resume, transcribed_end, transcribed_end)
+            logger.debug(
+                "rollover resume %s -> %.2f (transcribed to %.2f)",
+                resume,
+                cut / SAMPLE_RATE,
+                transcribed_end / SAMPLE_RATE,
+            )
+            if cut <= gen.start:
+                cut = transcribed_end  # its allowance is used: keep all it transcribed
             self.stats.rollovers += 1
         logger.info("generation %d: %s at %.2fs", gen.gid, reason, cut / SAMPLE_RATE)
         gen.muted = True

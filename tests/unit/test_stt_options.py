@@ -178,7 +178,7 @@ def test_transcription_delay_message_explains_the_step() -> None:
         {"transcription_delay_ms": 80},
         {"transcription_delay_ms": 2400},
         {"preroll_ms": 0},
-        {"max_model_len": 64},
+        {"max_model_len": 121},  # the least for 480 ms (connection.min_max_model_len)
         {"max_generation_s": 5},
         {"max_generation_s": 86400.0},
         {"max_generation_s": None},
