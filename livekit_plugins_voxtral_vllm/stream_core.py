@@ -894,7 +894,6 @@ class StreamCore:
                 # The server stopped it while audio still flowed (§2.3): carry on from a quiet
                 # point after the last whole word, with the audio it had not consumed.
                 cut = self._resume_cut(gen, resume, transcribed_end, gen.sent_until)
-                logger.debug("resume %s -> cut %.2f", resume, cut / SAMPLE_RATE)
                 self._continue(gen, cut, now, after=True)
 
     def _emit_captions(self, captions: list[CaptionEvent], now: float) -> None:
@@ -1248,12 +1247,6 @@ class StreamCore:
             self.stats.dropped_audio_s += max(0, cut - kept) / SAMPLE_RATE
         else:
             cut = self._resume_cut(gen, resume, transcribed_end, transcribed_end)
-            logger.debug(
-                "rollover resume %s -> %.2f (transcribed to %.2f)",
-                resume,
-                cut / SAMPLE_RATE,
-                transcribed_end / SAMPLE_RATE,
-            )
             if cut <= gen.start:
                 cut = transcribed_end  # its allowance is used: keep all it transcribed
             self.stats.rollovers += 1
