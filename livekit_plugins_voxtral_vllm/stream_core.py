@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .connection import RealtimeConnection, first_step_samples
+from .connection import RealtimeConnection, first_step_samples, steps_for_samples
 from .errors import InvalidState
 from .events import (
     ConnectionState,
@@ -926,9 +926,25 @@ class StreamCore:
         )
 
     def _on_finished(self, gen: _Generation, ev: GenerationFinished, now: float) -> None:
-        if ev.reason is FinishReason.REQUESTED:
+        stopped = ev.reason is FinishReason.MAX_MODEL_LEN
+        if not stopped and not gen.muted and ev.samples_sent > 0:
+            # After our final, but short of the steps its audio and the right padding make:
+            # it reached max_model_len while working through them; the rest is unheard.
+            pad = self._pad_steps * STEP_SAMPLES
+            full = steps_for_samples(ev.samples_sent + pad, self._opts.transcription_delay_ms)
+            if ev.steps + 1 < full:
+                stopped = True
+                self.stats.unsolicited_done += 1
+                logger.info(
+                    "generation %d stopped at max_model_len after its final (%d of %d steps); "
+                    "continuing in a new one",
+                    gen.gid,
+                    ev.steps,
+                    full,
+                )
+        if ev.reason is FinishReason.REQUESTED and not stopped:
             self._losses = 0  # a whole generation worked: the budget starts over
-        else:
+        elif ev.reason is FinishReason.MAX_MODEL_LEN:
             self.stats.unsolicited_done += 1
             logger.info("generation %d reached max_model_len; continuing in a new one", gen.gid)
             self._retire_lane(gen.lane)
@@ -937,7 +953,7 @@ class StreamCore:
             # rolled over: its captions were closed at the cut; only usage remains
             self._report_usage(gen, ev)
             return
-        gen.continued = ev.reason is FinishReason.MAX_MODEL_LEN
+        gen.continued = stopped
         # (a continued generation's successor is made when its done reaches the captions:
         # where to resume depends on whether its last word was whole)
         self._route(gen, ev, now)

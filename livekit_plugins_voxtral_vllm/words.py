@@ -20,6 +20,7 @@ module holds the two rules the caption segmenter builds words with:
 from __future__ import annotations
 
 import enum
+import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -129,22 +130,35 @@ _MIN_SOUND_S = 0.2
 def assign_onsets(units: Sequence[Unit], onsets: Sequence[float], before_s: float) -> None:
     """Give each unit the onset that started it, if one did (``onset_s``), in place.
 
-    Words come out in the order they were spoken, so the units take the onsets in order: each
-    the first one after the previous unit's that lies before its own first token (a word is
-    longer than a step, so its onset is before the step of its end). This holds however far
-    the output fell behind, or how long the model held text back. Onsets of sounds too short
-    to be a word (the next onset within ``_MIN_SOUND_S``: a click, a breath, a stop
-    consonant) are passed over. ``before_s``: unused (kept for the callers).
+    From the last unit back, each takes the latest onset before its first token's step that
+    is earlier than the onset of the unit after it, so a burst's units take the burst's onsets
+    in order. A unit that came alone (after an empty step) takes only an onset later than the
+    previous unit's first token: its sound began after the one before was output; an older
+    onset is an earlier word's. A unit right behind the previous one (a burst) may take an
+    older onset only if enough remain for the units before it (the same for a unit behind
+    one that was backed up, or the first of a generation). ``before_s`` stands for the
+    previous unit's first token before the first unit (or minus infinity).
     """
-    del before_s
-    n = len(onsets)
-    eligible = [o for i, o in enumerate(onsets) if i + 1 == n or onsets[i + 1] - o >= _MIN_SOUND_S]
-    j = 0
-    for unit in units:
+    hi = len(onsets)
+    limit = math.inf
+    for k in range(len(units) - 1, -1, -1):
+        unit = units[k]
         unit.onset_s = None
-        if j < len(eligible) and eligible[j] < unit.first_s:
-            unit.onset_s = eligible[j]
-            j += 1
+        prev_first = units[k - 1].first_s if k else before_s
+        # (a word is longer than a step: its onset lies before the step of its end)
+        while hi and (onsets[hi - 1] >= unit.first_s or onsets[hi - 1] >= limit):
+            hi -= 1
+        if not hi:
+            continue
+        o = onsets[hi - 1]
+        # the previous unit's first token may have come late (it was backed up, or came
+        # from another generation): then an onset before it can still be this unit's
+        maybe_late = unit.contiguous or unit.fresh or (k > 0 and units[k - 1].contiguous)
+        if o <= prev_first and (not maybe_late or hi - 1 < k):
+            # an earlier word's onset: its own, unless the earlier ones all have one left
+            continue
+        unit.onset_s = limit = o
+        hi -= 1
 
 
 def place_units(

@@ -79,7 +79,8 @@ def test_end_input_always_ends_the_stream_with_every_word_once(
     h.advance(5.0)
     assert h.core.finished, "end_input() must end the stream"
     assert not any(e.engine_fatal for e in h.all_engines), "a generation overran the limit"
-    assert transcript(h.finals()) == speech.text.strip()
+    glue = "" if language in ("zh", "ja") else " "
+    assert glue.join(f.caption.text for f in h.finals()) == speech.text.strip()
 
 
 def test_known_repro_max_model_len_70_with_dense_tokens() -> None:
