@@ -140,7 +140,7 @@ _DEFAULT_OPTIONS = SegmenterOptions()
 class _Draft:
     """A word of the open segment; it may still grow."""
 
-    __slots__ = ("text", "spaced", "unit", "slot", "wordish", "start_s", "end_s")
+    __slots__ = ("text", "spaced", "unit", "slot", "wordish", "start_s", "end_s", "punct_s")
 
     def __init__(self, text: str, spaced: bool, unit: int, slot: int, wordish: bool) -> None:
         self.text = text
@@ -150,6 +150,7 @@ class _Draft:
         self.wordish = wordish
         self.start_s = 0.0
         self.end_s = 0.0
+        self.punct_s: float | None = None  # just past the step of punctuation after it
 
 
 class _OpenUnit(Unit):
@@ -545,13 +546,13 @@ class CaptionSegmenter:
             self._text += ch
             self._tail_complete = kind is CharKind.PUNCT
             if kind is CharKind.PUNCT:
-                self._punct_s = self._step_mid()  # (its real step, never back-dated)
+                self._punct_s = cur.punct_s = self._after_step()
             return True
         if kind is CharKind.PUNCT and cur is not None:  # spaced (French " !")
             self._words.append(_Draft(ch, True, cur.unit, -1, False))
             self._text += " " + ch
             self._tail_complete = True
-            self._punct_s = self._step_mid()
+            self._punct_s = self._words[-1].punct_s = self._after_step()
             return True
         self._tail_complete = False
         self._punct_s = None
@@ -714,7 +715,9 @@ class CaptionSegmenter:
         if kept:
             if dropped is None:
                 self._place()
-            end = self._sound_end(kept[-1].end_s) if dropped is None else kept[-1].end_s
+            end = kept[-1].end_s
+            if kept[-1].punct_s is not None:
+                end = max(end, kept[-1].punct_s)  # (see _sound_end)
             return ResumePoint(end, self._segment, before_s=before)
         if self._gen_final_end_s is not None:
             return ResumePoint(self._gen_final_end_s, self._segment, before_s=before)
@@ -733,8 +736,10 @@ class CaptionSegmenter:
             return ResumePoint(at, self._segment, after_word=False, before_s=before)
         return ResumePoint(self._gen_start_s, self._segment, after_word=False)
 
-    def _step_mid(self) -> float:
-        return (self._last_step_s or 0.0) - _HALF_STEP_S
+    def _after_step(self) -> float:
+        """A point just past the current step (its real step, never back-dated): a resume
+        point after it searches for quiet from the step's end on."""
+        return (self._last_step_s or 0.0) + _HALF_STEP_S
 
     def _solo_chain(self, idx: int) -> bool:
         """Whether unit ``idx`` came right behind unit ``idx - 1`` of the same generation,
