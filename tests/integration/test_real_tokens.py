@@ -187,3 +187,23 @@ async def test_rut_on_every_socket_is_reported_once(caplog: pytest.LogCaptureFix
     assert (stats.blank_ruts, stats.blank_ruts_persistent) == (1, 1)
     assert sum("47614" in r.getMessage() for r in caplog.records) == 2
     assert stt.SpeechEventType.END_OF_SPEECH in run.kinds
+
+
+async def test_stt_metrics_carry_vllm_usage() -> None:
+    """Issue 11, item 8: LiveKit 1.8.9 builds STTMetrics from RECOGNITION_USAGE's audio
+    duration, input and output tokens (RecognitionUsage has no other field); total_tokens
+    then defaults to their sum, which is vLLM's usage.total_tokens (prompt + completion)."""
+    metrics: list[object] = []
+    async with VLLMRealtimeEmulator(fast=True) as emu:
+        engine = STT(base_url=emu.url)
+        engine.on("metrics_collected", metrics.append)
+        speech = synthesize("hello world . <pause:900> thank you .", sample_rate=48000)
+        await transcribe(engine, frames_of(speech, 20))
+        await engine.aclose()
+        usages = [g.usage for c in emu.connections for g in c.generations if g.usage]
+    # (the others, with no request id, report connection times)
+    metrics = [m for m in metrics if m.request_id]  # type: ignore[attr-defined]
+    assert len(metrics) == len(usages) >= 2
+    assert sum(m.total_tokens for m in metrics) == sum(u["total_tokens"] for u in usages)  # type: ignore[attr-defined]
+    assert sum(m.input_tokens for m in metrics) == sum(u["prompt_tokens"] for u in usages)  # type: ignore[attr-defined]
+    assert all(m.audio_duration > 0 for m in metrics)  # type: ignore[attr-defined]
