@@ -45,7 +45,7 @@ _WORD_GAP_S = 0.12
 _INTER_WORD_GAP_S = 0.04  # typical silence between two words of running speech
 _MAX_WORD_S = 1.0
 # A word that began at an onset has not ended, so cannot have come out, this soon after it.
-_MIN_WORD_LEN_S = 0.2
+_MIN_WORD_LEN_S = 0.12
 # Step times are sums of 0.08 in float: absorb the rounding when comparing durations.
 _EPS = 1e-6
 _MAX_ONSETS = 32
@@ -569,7 +569,8 @@ class CaptionSegmenter:
             if not cur.wordish and _wordish(ch):
                 self._promote(cur, token_s)
             return True
-        closed = closed and kind is not CharKind.SOLO  # (a script without spaces: none)
+        # (next to a script without spaces, no space)
+        closed = closed and kind is not CharKind.SOLO and not last_solo
         self._new_word(ch, (spaced or closed) and cur is not None, token_s, raw_pos, events)
         return True
 
@@ -599,8 +600,12 @@ class CaptionSegmenter:
             # ... unless sound began again after the unit's first token and ended by this one
             # (a backed-up queue: the next word's first character right behind the last)
             assert cur_unit is not None
-            lo, hi = cur_unit.first_s, token_s - _MIN_WORD_LEN_S + _EPS
+            # (from the step it came in: an empty step before it may have been a pad)
+            seen = (self._last_step_s or token_s) - _HALF_STEP_S
+            lo, hi = cur_unit.first_s, seen - _MIN_WORD_LEN_S + _EPS
             joins = not any(lo < o <= hi for o in self._onsets)
+            if not joins and not spaced:
+                token_s = seen  # a word of its own: it ended by its own step
         if not joins and self._words:
             self._place()
             if token_s - self._words[0].start_s > self._max_segment_s:
