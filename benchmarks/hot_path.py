@@ -2,7 +2,8 @@
 
 The floor is what no implementation can avoid: base64 + JSON framing of one 2560-byte
 (80 ms, 16 kHz PCM16) chunk. The package's path is LiveKit frames (RoomIO's 24 kHz 50 ms, or
-48 kHz 10 ms) → downmix → soxr resample → 80 ms chunk → ``protocol.encode_append``; then the
+48 kHz 10 ms) → downmix → resample (the low-latency FIR by default; soxr HQ in the
+``min_push_ms`` rows) → 80 ms chunk → ``protocol.encode_append``; then the
 endpointer's look at the chunk, and ``StreamCore`` taking it and the empty
 ``transcription.delta`` vLLM sends back for that step.
 
