@@ -1348,8 +1348,21 @@ class SpeechStream(stt.RecognizeStream):
         return url
 
     def _endpoint_failed(self, url: str | None, reason: str) -> None:
-        if url is not None:
-            self._stt_impl._pool.failed(url, asyncio.get_running_loop().time(), reason)
+        if url is None:
+            return
+        self._stt_impl._pool.failed(url, asyncio.get_running_loop().time(), reason)
+        if len(self._opts.endpoints) == 1:
+            return
+        # A socket of this stream still connecting to that server (a frozen one accepts TCP
+        # and never answers the upgrade) would wait out its connect timeout: go elsewhere now.
+        current = asyncio.current_task()
+        for lane in list(self._lanes.values()):
+            if lane.endpoint == url and lane.ws is None and not lane.closed:
+                if lane.task is current:
+                    continue  # the caller reports its own loss
+                if lane.task is not None:
+                    lane.task.cancel()
+                self._lane_lost(lane, f"{url} failed ({reason})")
 
     def _exclude(self, url: str, err: APIStatusError) -> bool:
         """With several endpoints, one that refuses this stream for good (HTTP 401/403/404,

@@ -309,3 +309,31 @@ async def test_crash_with_the_plugins_endpoint_list(
     assert timeline.stream is not None
     assert timeline.stream.endpoint is not None and names[timeline.stream.endpoint] != victim
     assert gap < 2.0
+
+
+async def test_freeze_with_the_plugins_endpoint_list(replicas: list[Replica]) -> None:
+    """No proxy, SIGSTOP of the stream's replica: no health check sees it, the plugin's own
+    watchdog (``generation_timeout_s``) does; the lane's fault puts that replica in cooldown
+    and the stream replays on another, every word once."""
+    engine = STT(base_url=[r.url for r in replicas], generation_timeout_s=2.0)
+    names = {r.url: r.name for r in replicas}
+
+    async def find(timeline: Timeline) -> str:
+        deadline = time.monotonic() + 10
+        while timeline.stream is None or timeline.stream.endpoint is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        return names[timeline.stream.endpoint]
+
+    try:
+        timeline, speech, victim, _, gap = await crash_and_measure(
+            engine, replicas, find, freeze=True
+        )
+    finally:
+        await engine.aclose()
+    print(f"\nendpoint list, SIGSTOP of {victim}: text again {gap * 1000:.0f} ms (watchdog 2 s)")
+    assert_exact(timeline, speech)
+    assert timeline.stream is not None
+    assert timeline.stream.endpoint is not None and names[timeline.stream.endpoint] != victim
+    assert timeline.stream.stats.lost_generations >= 1
+    assert gap < 2.0 + 2.0
