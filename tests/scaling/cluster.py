@@ -111,20 +111,21 @@ async def start_replicas(n: int, tmp: Path) -> list[Replica]:
                 str(log),
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=(tmp / f"replica{i + 1}.err").open("w"),
             text=True,
         )
         procs.append((f"r{i + 1}", proc, log))
     replicas = []
     for name, proc, log in procs:
-        port = await asyncio.to_thread(_read_port, proc)
+        port = await asyncio.to_thread(_read_port, proc, log.with_suffix(".err"))
         replicas.append(Replica(name, proc, port, log))
     return replicas
 
 
-def _read_port(proc: subprocess.Popen[str]) -> int:
+def _read_port(proc: subprocess.Popen[str], err: Path) -> int:
     assert proc.stdout is not None
-    deadline = time.monotonic() + 20
+    # loading the real tokenizer takes a few seconds, many more on a loaded machine
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -133,7 +134,7 @@ def _read_port(proc: subprocess.Popen[str]) -> int:
         if m:
             return int(m.group(1))
     proc.kill()
-    raise RuntimeError("the emulator process did not start")
+    raise RuntimeError(f"the emulator process did not start:\n{err.read_text()[-2000:]}")
 
 
 def haproxy_config(replicas: list[Replica], port: int, api_port: int) -> str:

@@ -129,14 +129,16 @@ def assert_exact(timeline: Timeline, speech: SynthesizedSpeech) -> None:
 
 
 async def busy_replica(lb: HAProxy, timeout: float = 10.0) -> str:
-    """The replica holding the (only) open socket."""
+    """The replica that accepted the (only) WebSocket: the one HAProxy counted a 101 for
+    (open sessions would also count discovery's HTTP requests)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        busy = [name for name, n in (await lb.current()).items() if n > 0]
-        if len(busy) == 1:
-            return busy[0]
+        upgraded = [name for name, row in (await lb.stats()).items() if int(row["hrsp_1xx"] or 0)]
+        if len(upgraded) == 1:
+            return upgraded[0]
+        assert len(upgraded) < 2, f"more than one WebSocket: {upgraded}"
         await asyncio.sleep(0.02)
-    raise AssertionError(f"no single busy replica: {await lb.current()}")
+    raise AssertionError(f"no WebSocket upgrade within {timeout}s")
 
 
 def by_name(replicas: list[Replica], name: str) -> Replica:
