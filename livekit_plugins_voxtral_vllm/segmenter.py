@@ -250,6 +250,7 @@ class CaptionSegmenter:
     def last_word_end_s(self) -> float | None:
         """End of the latest word still held (open or finalised); None before the first word."""
         if self._words:
+            self._place()
             return self._words[-1].end_s
         return self._last_final_end_s
 
@@ -386,8 +387,8 @@ class CaptionSegmenter:
         tail = self._text.rstrip(_CLOSERS)
         self._ends_sentence = bool(tail) and tail[-1] in _SENTENCE_END
         if self._segment is not None and self._has_words():
-            self._place()
-            end = self._words[-1].end_s if self._words else None
+            # (the newest word ended by its first token's step; finals get the placed times)
+            end = self._units[-1].first_s if self._units else None
             events.append(CaptionInterim(self._segment, self._text, end))
             self._shown = True
         return events
@@ -606,7 +607,9 @@ class CaptionSegmenter:
             joins = not any(lo < o <= hi for o in self._onsets)
             if not joins and not spaced:
                 token_s = seen  # a word of its own: it ended by its own step
-        if not joins and self._words:
+        # (a caption starts no earlier than _seg_after_s: place its words only when it may be
+        # too long, not on every word)
+        if not joins and self._words and token_s - self._seg_after_s > self._max_segment_s:
             self._place()
             if token_s - self._words[0].start_s > self._max_segment_s:
                 events.append(self._finalise(raw_pos))
