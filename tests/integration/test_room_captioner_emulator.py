@@ -125,3 +125,43 @@ async def test_every_participant_gets_their_own_live_captions(
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         gc.collect()
     assert "Unclosed client session" not in caplog.text
+
+
+RUT_SCRIPT = " <pause:300> ".join(
+    ["hello world the meeting starts now .", "we can hear the quick brown fox .",
+     "jumps over the lazy dog .", "good morning everyone let us begin .",
+     "next slide please , thank you .", "hello world the meeting starts now ."]
+)  # fmt: skip  # one utterance of about 14 s, past the rut threshold (10 s of speech)
+
+
+async def test_a_participant_hit_by_the_blank_token_rut_is_reported_at_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """vllm#47614 on the first socket: the stream recovers on a fresh one, and the captioner's
+    stats line for that participant is a warning."""
+    async with VLLMRealtimeEmulator(fast=True) as emulator:
+        emulator.rut_next_connections(1)
+        room = FakeRoom()
+        async with RoomCaptioner(
+            room, lambda: STT(base_url=emulator.url), close_transcript_timeout=0.5
+        ) as captioner:
+            alice = room.join("alice")
+            await wait_until(lambda: captioner.session("alice") is not None, timeout=10)
+            microphone = Microphone()
+            session = captioner.session("alice")
+            assert session is not None
+            session.input.audio = microphone
+            spoken = " ".join((await microphone.speak(RUT_SCRIPT)).split())
+
+            def all_final() -> bool:
+                finals = " ".join(_finals(room.local_participant.published))
+                return " ".join(finals.split()) == spoken
+
+            await wait_until(all_final, timeout=20)
+            with caplog.at_level(logging.INFO, logger="livekit.plugins.voxtral_vllm"):
+                room.leave(alice)
+                await wait_until(lambda: captioner.captioned == frozenset(), timeout=10)
+    [line] = [r for r in caplog.records if "caption stream stats for 'alice'" in r.message]
+    assert line.levelno == logging.WARNING
+    assert "blank_ruts=1," in line.getMessage() and "blank_ruts_persistent=0" in line.getMessage()
+    assert "vllm#47614" in line.getMessage()
