@@ -99,19 +99,6 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["vad"] = silero.VAD.load() if use_silero else None
 
 
-def make_stt(options: dict[str, Any]) -> voxtral_vllm.STT:
-    stt = voxtral_vllm.STT(**options)
-    # vllm-project/vllm#47614: vLLM answers speech with empty text. The stream reconnects by
-    # itself; when a fresh socket ruts too, the server needs a restart: worth an alert.
-    stt.on(
-        "blank_rut",
-        lambda ev: (logger.error if ev.persistent else logger.warning)(
-            "vLLM blank-token rut (vllm#47614)%s", ": restart vLLM" if ev.persistent else ""
-        ),
-    )
-    return stt
-
-
 server = AgentServer(setup_fnc=prewarm)
 
 
@@ -120,7 +107,7 @@ async def entrypoint(ctx: JobContext) -> None:
     options = {**stt_options(os.environ), "vad": ctx.proc.userdata.get("vad")}
     captioner = voxtral_vllm.RoomCaptioner(
         ctx.room,
-        stt_factory=lambda: make_stt(options),  # one STT per participant
+        stt_factory=lambda: voxtral_vllm.STT(**options),  # one STT per participant
         max_participants=int(setting(os.environ, "MAX_PARTICIPANTS", "50")),
     )
     ctx.add_shutdown_callback(captioner.aclose)

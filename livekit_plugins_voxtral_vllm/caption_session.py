@@ -28,7 +28,7 @@ from livekit.agents import (
 from livekit.agents.voice.agent_session import SessionConnectOptions
 
 from .log import logger
-from .stream_core import StreamStats
+from .stream_core import BlankRut, StreamStats
 from .stt import STT as VoxtralSTT
 
 STTFactory = Callable[[], stt.STT[Any]]
@@ -119,6 +119,8 @@ class CaptionSession:
         self._released = False
         self.close_event: CloseEvent | None = None
         session.on("close", self._on_close)
+        if isinstance(owned_stt, VoxtralSTT):
+            owned_stt.on("blank_rut", self._on_blank_rut)
 
     @property
     def session(self) -> AgentSession[None]:
@@ -138,6 +140,22 @@ class CaptionSession:
         if ev.error is not None:
             logger.warning("caption session for %r closed: %s", self._identity, ev.error)
         self._closed.set()
+
+    def _on_blank_rut(self, ev: BlankRut) -> None:
+        # the stream logs the episode too, but cannot say whose captions are missing
+        if ev.persistent:
+            logger.error(
+                "captions for %r are missing: vLLM answers their speech with blank tokens on "
+                "fresh sockets too (vllm-project/vllm#47614); restart the vLLM server",
+                self._identity,
+            )
+        else:
+            logger.warning(
+                "captions for %r: vLLM answered %.0fs of speech with blank tokens "
+                "(vllm-project/vllm#47614); continuing on a fresh socket",
+                self._identity,
+                ev.speech_s,
+            )
 
     def set_muted(self, muted: bool, *, finalize: bool = True) -> None:
         """Stop (True) or resume (False) feeding the participant's audio to the STT.
@@ -173,6 +191,8 @@ class CaptionSession:
                 await self._session.aclose()
         finally:
             await self._stt.aclose()
+            if isinstance(self._stt, VoxtralSTT):
+                self._stt.off("blank_rut", self._on_blank_rut)
             self._closed.set()
         for stats in streams:
             _log_stats(self._identity, stats)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -58,6 +59,11 @@ class Microphone(AudioInput):
 
 def _finals(captions: list[PublishedText]) -> list[str]:
     return [c.text for c in captions if c.attributes[ATTRIBUTE_TRANSCRIPTION_FINAL] == "true"]
+
+
+def all_final(room: FakeRoom) -> str:
+    """Every final caption published in the room, joined, spaces normalized."""
+    return " ".join(" ".join(_finals(room.local_participant.published)).split())
 
 
 async def test_every_participant_gets_their_own_live_captions(
@@ -134,34 +140,60 @@ RUT_SCRIPT = " <pause:300> ".join(
 )  # fmt: skip  # one utterance of about 14 s, past the rut threshold (10 s of speech)
 
 
-async def test_a_participant_hit_by_the_blank_token_rut_is_reported_at_close(
+async def _speak_through_a_rut(
+    emulator: VLLMRealtimeEmulator, until: Callable[[FakeRoom, str], bool]
+) -> tuple[FakeRoom, str]:
+    """Alice says RUT_SCRIPT and leaves once ``until(room, spoken)``; returns both."""
+    room = FakeRoom()
+    async with RoomCaptioner(
+        room, lambda: STT(base_url=emulator.url), close_transcript_timeout=0.5
+    ) as captioner:
+        alice = room.join("alice")
+        await wait_until(lambda: captioner.session("alice") is not None, timeout=10)
+        microphone = Microphone()
+        session = captioner.session("alice")
+        assert session is not None
+        session.input.audio = microphone
+        spoken = " ".join((await microphone.speak(RUT_SCRIPT)).split())
+        await wait_until(lambda: until(room, spoken), timeout=20)
+        room.leave(alice)
+        await wait_until(lambda: captioner.captioned == frozenset(), timeout=10)
+    return room, spoken
+
+
+async def test_a_participant_hit_by_the_blank_token_rut_is_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """vllm#47614 on the first socket: the stream recovers on a fresh one, and the captioner's
-    stats line for that participant is a warning."""
+    """vllm#47614 on the first socket: the stream recovers on a fresh one, the captioner says
+    whose captions were affected, and their stats line at close is a warning."""
+    caplog.set_level(logging.INFO, logger="livekit.plugins.voxtral_vllm")
     async with VLLMRealtimeEmulator(fast=True) as emulator:
         emulator.rut_next_connections(1)
-        room = FakeRoom()
-        async with RoomCaptioner(
-            room, lambda: STT(base_url=emulator.url), close_transcript_timeout=0.5
-        ) as captioner:
-            alice = room.join("alice")
-            await wait_until(lambda: captioner.session("alice") is not None, timeout=10)
-            microphone = Microphone()
-            session = captioner.session("alice")
-            assert session is not None
-            session.input.audio = microphone
-            spoken = " ".join((await microphone.speak(RUT_SCRIPT)).split())
-
-            def all_final() -> bool:
-                finals = " ".join(_finals(room.local_participant.published))
-                return " ".join(finals.split()) == spoken
-
-            await wait_until(all_final, timeout=20)
-            with caplog.at_level(logging.INFO, logger="livekit.plugins.voxtral_vllm"):
-                room.leave(alice)
-                await wait_until(lambda: captioner.captioned == frozenset(), timeout=10)
+        # every word, after the fresh socket
+        await _speak_through_a_rut(emulator, lambda room, spoken: all_final(room) == spoken)
+    [named] = [r for r in caplog.records if r.getMessage().startswith("captions for 'alice':")]
+    assert named.levelno == logging.WARNING and "blank tokens" in named.getMessage()
     [line] = [r for r in caplog.records if "caption stream stats for 'alice'" in r.message]
     assert line.levelno == logging.WARNING
     assert "blank_ruts=1," in line.getMessage() and "blank_ruts_persistent=0" in line.getMessage()
     assert "vllm#47614" in line.getMessage()
+
+
+async def test_a_persistent_rut_is_an_error_naming_the_participant(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="livekit.plugins.voxtral_vllm")
+    async with VLLMRealtimeEmulator(fast=True) as emulator:
+        emulator.rut = True
+
+        def reported(room: FakeRoom, spoken: str) -> bool:
+            return any(
+                r.levelno == logging.ERROR
+                and r.getMessage().startswith("captions for 'alice' are missing")
+                for r in caplog.records
+            )
+
+        room, _ = await _speak_through_a_rut(emulator, reported)
+    assert _finals(room.local_participant.published) == []
+    [line] = [r for r in caplog.records if "caption stream stats for 'alice'" in r.message]
+    assert "blank_ruts_persistent=1" in line.getMessage()
