@@ -947,6 +947,10 @@ class StreamCore:
         elif ev.reason is FinishReason.MAX_MODEL_LEN:
             self.stats.unsolicited_done += 1
             logger.info("generation %d reached max_model_len; continuing in a new one", gen.gid)
+        if stopped:
+            # What reached the server after it stopped (audio, and our final if we sent one)
+            # sits in its queue and would feed the next generation on this socket, shifting
+            # its audio against the steps we count (vllm-realtime.md §2.2 rules 6-7): a fresh one.
             self._retire_lane(gen.lane)
         gen.phase = _Phase.ENDED
         if gen.muted:
