@@ -80,7 +80,9 @@ async def run_chaos(
 ) -> tuple[Run, SpeechStream]:
     """Stream ``speech`` at ``speedup`` x real time; run ``faults[i]`` before frame ``i``."""
     own = engine is None
-    engine = engine or STT(base_url=emu.url)
+    # (the producer pauses in wall time while a fault runs and the plugin reconnects: that is
+    # not a stalled track, which input_stall_s would end the utterance for)
+    engine = engine or STT(base_url=emu.url, input_stall_s=30.0)
     stream = engine.stream(conn_options=CONN)
     run = Run()
     bounds = Bounds()
@@ -92,6 +94,7 @@ async def run_chaos(
             fault = faults.get(i)
             if fault is not None:
                 await fault(emu)
+                await reconnected(stream)
             stream.push_frame(frame)
             if i % batch == batch - 1:
                 bounds.sample(stream)
@@ -105,6 +108,26 @@ async def run_chaos(
             await engine.aclose()
     bounds.check()
     return run, stream
+
+
+async def reconnected(stream: SpeechStream, timeout_s: float = 10.0) -> None:
+    """Wait (in wall time, with no audio pushed) until connects refused during a fault have
+    given way to a session again.
+
+    The audio runs 25x faster than real time, so the 20 s history is 0.8 s of wall time: a
+    reconnect backoff grown by a few refused attempts (a restart that took a while on a
+    loaded machine) would otherwise outlast the history, and the audio it no longer holds
+    is dropped by design (counted in ``stats.dropped_audio_s``). In real time the same
+    backoff is a small fraction of the history. No audio arrives while we wait, so what the
+    plugin must replay after the fault is the same however long the reconnect takes (the
+    engines run_chaos makes do not take the pause for a stalled track)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        core = stream._core
+        if core is None or not core._connect_failures:
+            return
+        await asyncio.sleep(0.01)
 
 
 def schedule(seed: int, n_frames: int, count: int, fault: Fault) -> dict[int, Fault]:
@@ -175,8 +198,29 @@ async def test_server_restarts(seed: int) -> None:
         n = len(speech.frames(FRAME_MS))
         run, stream = await run_chaos(emu, speech, schedule(seed, n, 10, restart))
         assert emu.stats().restarts == 10
+    assert stream.stats.dropped_audio_s == 0  # (else words are lost by design: not this test)
     assert_exact(run, speech)
     assert stream.stats.reconnects >= 10
+
+
+async def slow_restart(emu: VLLMRealtimeEmulator) -> None:
+    """A crash, then the server is down for 2 s before it is back (connects refused)."""
+    await emu.stop()
+    await asyncio.sleep(2.0)
+    await emu.start()
+
+
+async def test_slow_restarts_replay_from_the_history() -> None:
+    """Connects refused for a while grow the reconnect backoff; what the server missed is
+    replayed from the history once it is back, every word once (the harness gives the
+    backoff its wall time: see reconnected())."""
+    async with VLLMRealtimeEmulator(fast=True) as emu:
+        speech = script(12, 60)
+        n = len(speech.frames(FRAME_MS))
+        run, stream = await run_chaos(emu, speech, schedule(12, n, 3, slow_restart))
+    assert stream.stats.dropped_audio_s == 0
+    assert_exact(run, speech)
+    assert stream.stats.reconnects >= 3
 
 
 async def test_dropped_connections_mid_generation() -> None:
