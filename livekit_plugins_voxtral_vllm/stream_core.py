@@ -1100,8 +1100,15 @@ class StreamCore:
             lo = max(self._history.start, min(gen.start, at))
             # A word ending at the very last step has its gap in audio the server never
             # transcribed, which the history still holds.
-            hi = limit if before is None else min(limit, max(before, lo + 1))
-            return self._cut_after(at, lo, hi)
+            if before is None:
+                return self._cut_after(at, lo, limit)
+            # The word taken out starts at ``before``: the gap after the kept word lies
+            # before it, however early the kept word's end was placed (a character's token
+            # comes out at the step covering its end, so a cut from its placed end alone
+            # fell inside it and the next generation heard it again).
+            lo = max(lo, at - 40 * _MS)
+            hi = min(limit, max(before, lo + 1))
+            return self._history.quietest(lo, hi) if hi > lo else lo
         if before is not None:
             lo = max(self._history.start, at)
             return self._history.quietest(lo, before) if before > lo else lo
