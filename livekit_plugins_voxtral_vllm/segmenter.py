@@ -705,6 +705,13 @@ class CaptionSegmenter:
                 # may be one word however the onsets split them: replay them all.
                 while idx > 0 and self._solo_chain(idx):
                     idx -= 1
+                if idx > 1 and self._solo_meet(idx) and self._solo_chain(idx - 1):
+                    # The unit before it was split off its run by an onset, which may be
+                    # this word's instead (the run's last character still coming out when
+                    # this word began): that run is replayed too, from before its start.
+                    idx -= 1
+                    while idx > 0 and self._solo_chain(idx):
+                        idx -= 1
                 kept = [w for w in self._words if w.unit < idx]
                 dropped, cut_from = units[idx], idx
         if dropped is not None and not dry_run:
@@ -752,8 +759,13 @@ class CaptionSegmenter:
     def _solo_chain(self, idx: int) -> bool:
         """Whether unit ``idx`` came right behind unit ``idx - 1`` of the same generation,
         both in a script without spaces where they meet."""
+        return self._units[idx].contiguous and self._solo_meet(idx)
+
+    def _solo_meet(self, idx: int) -> bool:
+        """Whether units ``idx - 1`` and ``idx`` are of the same generation and meet in a
+        script without spaces."""
         unit, prev = self._units[idx], self._units[idx - 1]
-        if not unit.contiguous or prev.generation != unit.generation:
+        if prev.generation != unit.generation:
             return False
         # (onsets do not settle it: when the output backs up, a word's last characters come
         # out after the next word began)

@@ -49,3 +49,28 @@ def test_every_generation_stopped_every_character_once(language: str, seed: int)
     assert h.core.finished
     assert h.core.stats.unsolicited_done >= 3
     assert "".join(f.caption.text for f in h.finals()) == speech.text.strip()
+
+
+@pytest.mark.parametrize("version", ["0.31.0", "0.33.0"])
+def test_rollover_after_a_character_split_off_by_the_next_words_onset(version: str) -> None:
+    """Dense Japanese at the smallest limits (the property test's counterexample): the next
+    word began while the last token of a 4-token word ("ます") was still coming out, so that
+    token became a unit of its own with the next word's onset, and the next word, taken out
+    at a rollover, was placed after it: the cut fell inside the next word, which was lost.
+    The split-off run is now replayed with it."""
+    w = "聞こえます"
+    script = f"{w} {w} {w} {w} <pause:400> 2026 {w} {w} <pause:400> {w} 。"
+    h = harness(
+        transcription_delay_ms=80,
+        max_model_len=111,
+        engine_max_model_len=111,
+        version=version,
+        decoder_factory=lambda: ToneDecoder(16000, language="ja"),
+    )
+    speech = synthesize(script, language="ja")
+    h.push(speech.samples)
+    h.end()
+    h.advance(5.0)
+    assert h.core.finished
+    assert h.core.stats.rollovers >= 1
+    assert "".join(f.caption.text for f in h.finals()) == speech.text.strip()
