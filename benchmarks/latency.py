@@ -214,8 +214,8 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
     rec = _Recorder()
 
     class TracedSTT(STT):
-        async def _connect_ws(self, opts: Any, timeout: float) -> Any:
-            ws = await super()._connect_ws(opts, timeout)
+        async def _connect_ws(self, opts: Any, timeout: float, **kwargs: Any) -> Any:
+            ws = await super()._connect_ws(opts, timeout, **kwargs)
             task = asyncio.current_task()
             m = re.search(r"lane(\d+)", task.get_name() if task else "")
             return _TracedWS(ws, rec, opts.language, int(m.group(1)) if m else -1)
@@ -223,7 +223,12 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
     log_path = Path(tempfile.mkstemp(prefix="voxtral-lat-", suffix=".jsonl")[1])
     emu = EmulatorProcess(step_time_s=args.step_ms / 1000, send_log=log_path, output=args.output)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    engine = TracedSTT(base_url=emu.url, http_session=session)
+    try:
+        # tone speech is not speech to a voice model: the energy endpointer (the default before
+        # the Silero one; trees that predate the option have only it)
+        engine = TracedSTT(base_url=emu.url, http_session=session, endpointer="energy")
+    except TypeError:
+        engine = TracedSTT(base_url=emu.url, http_session=session)
     n = args.child_n
     n_flush = max(1, n // 10)
     slots = max(1, frame_ms // 10)
