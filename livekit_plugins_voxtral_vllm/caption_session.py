@@ -211,8 +211,7 @@ def _stream_stats(model: stt.STT[Any]) -> list[StreamStats]:
     """The counters of the Voxtral streams still open on ``model`` (none for other STTs)."""
     if not isinstance(model, VoxtralSTT):
         return []
-    # the STT tracks its live streams for update_options(); read from inside the package
-    return [stream.stats for stream in list(model._streams)]
+    return [stream.stats for stream in model.streams]
 
 
 def _log_stats(identity: str, stats: StreamStats) -> None:

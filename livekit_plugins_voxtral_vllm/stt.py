@@ -382,6 +382,12 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         asked yet."""
         return self._infos.get(url)
 
+    @property
+    def streams(self) -> tuple[SpeechStream, ...]:
+        """The streams this STT made that still exist (held weakly: a stream drops out once
+        nothing else refers to it), e.g. to log their ``stats`` when a participant leaves."""
+        return tuple(self._streams)
+
     # -- public API -----------------------------------------------------------------------------
 
     def stream(

@@ -82,6 +82,18 @@ async def test_update_options_reaches_streams_opened_later() -> None:
     assert set(_labels(run.finals + run.interims)) == {"es"}
 
 
+async def test_streams_lists_the_streams_an_stt_made() -> None:
+    async with VLLMRealtimeEmulator(fast=True) as emu:
+        engine = STT(base_url=emu.url)
+        assert engine.streams == ()
+        first, second = engine.stream(), engine.stream()
+        assert set(engine.streams) == {first, second}
+        assert all(s.stats.generations == 0 for s in engine.streams)
+        await first.aclose()
+        await second.aclose()
+        await engine.aclose()
+
+
 async def test_stream_language_overrides_the_label() -> None:
     async with VLLMRealtimeEmulator(fast=True) as emu:
         engine = STT(base_url=emu.url, language="en")
