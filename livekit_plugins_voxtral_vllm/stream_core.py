@@ -640,7 +640,7 @@ class StreamCore:
         for gen in list(waiting):
             if gen.end is not None and gen.end <= self._history.start:
                 # An outage outlasted the history: this utterance's audio is gone.
-                self.stats.dropped_audio_s += (gen.end - gen.start) / SAMPLE_RATE
+                self._lost_from_history(gen.start, gen.end)
                 gen.phase, gen.finished = _Phase.ENDED, True
                 waiting.remove(gen)
                 self._advance(now)
@@ -705,10 +705,23 @@ class StreamCore:
 
     # -- internals: audio ------------------------------------------------------------------------
 
+    def _lost_from_history(self, start: int, end: int) -> None:
+        """Audio ``[start, end)`` left the history before any generation transcribed it (an
+        outage longer than ``history_s``): count it and say so, never lose it silently."""
+        self.stats.dropped_audio_s += (end - start) / SAMPLE_RATE
+        logger.warning(
+            "%.2fs of audio (%.2fs-%.2fs) left the %.0fs history before vLLM could transcribe "
+            "it; it is not captioned (counted in stats.dropped_audio_s)",
+            (end - start) / SAMPLE_RATE,
+            start / SAMPLE_RATE,
+            end / SAMPLE_RATE,
+            self._opts.history_s,
+        )
+
     def _new_generation(self, start: int, now: float, why: str) -> _Generation:
         if start < self._history.start:
             # the history no longer holds it (a very long outage): count what is lost
-            self.stats.dropped_audio_s += (self._history.start - start) / SAMPLE_RATE
+            self._lost_from_history(start, self._history.start)
             start = self._history.start
         gen = _Generation(gid=self._next_gid, start=start, sent_until=start, last_activity=now)
         self._next_gid += 1
@@ -733,7 +746,7 @@ class StreamCore:
             # The history moved past audio it was owed (a long outage, or audio arriving
             # faster than a generation capped at max_model_len can take it). Its start anchors
             # its step timestamps, so only one that has sent nothing yet can start later.
-            self.stats.dropped_audio_s += (self._history.start - gen.sent_until) / SAMPLE_RATE
+            self._lost_from_history(gen.sent_until, self._history.start)
             if gen.sent_until != gen.start:
                 self._split_at(gen, conn, self._history.start, now, "after a gap")
                 return

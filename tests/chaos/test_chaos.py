@@ -8,6 +8,7 @@ Faults fire at seeded audio positions, so every run is reproducible.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable
 
@@ -351,9 +352,13 @@ async def test_everything_at_once() -> None:
     assert_exact(run, speech)
 
 
-async def test_a_burst_longer_than_the_history_into_a_capped_generation() -> None:
+async def test_a_burst_longer_than_the_history_into_a_capped_generation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A stalled producer delivers 44 s at once while the generation is capped by a small
-    max_model_len: audio the 20 s history cannot hold is dropped and counted, never a crash."""
+    max_model_len: audio the 20 s history cannot hold is dropped, counted and logged, never a
+    crash."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.voxtral_vllm")
     speech = script(11, 45, max_pause_ms=450)
     frames = frames_of(speech, FRAME_MS)
     async with VLLMRealtimeEmulator(fast=True, max_model_len=256, record_audio=False) as emu:
@@ -371,5 +376,7 @@ async def test_a_burst_longer_than_the_history_into_a_capped_generation() -> Non
         await stream.aclose()
         await engine.aclose()
     assert stream.stats.dropped_audio_s > 1.0
+    lost = [r for r in caplog.records if "left the 20s history" in r.getMessage()]
+    assert lost and all(r.levelno == logging.WARNING for r in lost)
     got = normalize(run.text).split()
     assert got and got[-3:] == normalize(speech.text).split()[-3:]  # kept going to the end
