@@ -232,8 +232,15 @@ async def run_config(
     profile_out: Path | None,
 ) -> dict[str, Any]:
     log_path = Path(tempfile.mkstemp(prefix="voxtral-sends-", suffix=".jsonl")[1])
+    # Whole-word deltas: the "added" latency and the exact-transcript check below match each
+    # INTERIM to one text delta, which sub-word tokens break (a word's pieces and a split
+    # character's empty step give fewer INTERIMs than deltas). Real-token timing is measured
+    # word by word in latency.py; the plugin's CPU per step is the same in both modes.
     emu = EmulatorProcess(
-        fast=emulator_step_s == 0, step_time_s=emulator_step_s or None, send_log=log_path
+        fast=emulator_step_s == 0,
+        step_time_s=emulator_step_s or None,
+        send_log=log_path,
+        output="words",
     )
     warnings = WarningCounter()
     logging.getLogger("livekit.plugins.voxtral_vllm").addHandler(warnings)
