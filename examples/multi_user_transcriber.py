@@ -22,7 +22,6 @@ work), ``LIVEKIT_AGENT_NAME`` (explicit dispatch), ``VOXTRAL_VLLM_BASE_URL``,
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -31,12 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, cli
-from livekit.plugins import voxtral_vllm
-
-try:  # plugins register on the main thread, so import the optional Silero VAD here
-    silero: Any = importlib.import_module("livekit.plugins.silero")
-except ImportError:
-    silero = None
+from livekit.plugins import silero, voxtral_vllm  # a dependency of the plugin (its endpointer)
 
 logger = logging.getLogger("voxtral-transcriber")
 
@@ -85,8 +79,8 @@ def check_config(environ: Mapping[str, str], argv: Sequence[str] = ()) -> list[s
             except ValueError as e:
                 problems.append(f"{name}={raw!r}: {e}")
     vad = setting(environ, "VOXTRAL_VAD", "none").lower()
-    if vad not in ("none", "silero") or (vad == "silero" and silero is None):
-        problems.append(f"VOXTRAL_VAD={vad!r}: 'none', or 'silero' with livekit-plugins-silero")
+    if vad not in ("none", "silero"):
+        problems.append(f"VOXTRAL_VAD={vad!r}: 'none' or 'silero'")
     cap = setting(environ, "MAX_PARTICIPANTS", "50")
     if not cap.isdigit() or int(cap) < 1:
         problems.append(f"MAX_PARTICIPANTS={cap!r} must be a whole number, at least 1")
