@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 from livekit.agents import APIConnectOptions
 
 from livekit_plugins_voxtral_vllm import STT, SpeechStream
+from livekit_plugins_voxtral_vllm.stream_core import StreamStats
 from livekit_plugins_voxtral_vllm.testing import VOCABULARY, VLLMRealtimeEmulator, synthesize
-from livekit_plugins_voxtral_vllm.testing.speech import MARKERS
+from livekit_plugins_voxtral_vllm.testing.speech import MARKERS, SynthesizedSpeech
 
 from .helpers import Run, collect, frames_of, normalize
 
 WORDS = sorted(w for w in VOCABULARY if w not in MARKERS)
+NO_RETRY = APIConnectOptions(max_retry=0, timeout=5.0)
 
 
 def monologue(seconds: float, pause_ms: int, seed: int = 13, mark: str = ".") -> str:
@@ -42,23 +45,37 @@ async def keep_pace(stream: SpeechStream) -> None:
         await asyncio.sleep(0.001)
 
 
+async def transcribe_paced(
+    emu: VLLMRealtimeEmulator,
+    speech: SynthesizedSpeech,
+    timeout: float,
+    conn_options: APIConnectOptions | None = None,
+    **options: Any,
+) -> tuple[Run, StreamStats]:
+    """Push ``speech`` in 50 ms frames, keeping pace with the emulator; the run and stats."""
+    engine = STT(base_url=emu.url, **options)
+    stream = engine.stream() if conn_options is None else engine.stream(conn_options=conn_options)
+    run = Run()
+    reader = asyncio.create_task(collect(stream, run))
+    for i, frame in enumerate(frames_of(speech, 50)):
+        stream.push_frame(frame)
+        if i % 10 == 9:
+            await keep_pace(stream)
+    stream.end_input()
+    await asyncio.wait_for(reader, timeout)
+    stats = stream.stats
+    await stream.aclose()
+    await engine.aclose()
+    return run, stats
+
+
 async def test_a_ten_minute_monologue_rolls_over_every_minute_with_every_word_once() -> None:
     speech = synthesize(monologue(600, pause_ms=450), sample_rate=16000)
     assert speech.samples.size / 16000 >= 600
     async with VLLMRealtimeEmulator(fast=True, record_audio=False) as emu:
-        engine = STT(base_url=emu.url, max_generation_s=60)
-        stream = engine.stream(conn_options=APIConnectOptions(max_retry=0, timeout=5.0))
-        run = Run()
-        reader = asyncio.create_task(collect(stream, run))
-        for i, frame in enumerate(frames_of(speech, 50)):
-            stream.push_frame(frame)
-            if i % 10 == 9:
-                await keep_pace(stream)
-        stream.end_input()
-        await asyncio.wait_for(reader, 120)
-        stats = stream.stats
-        await stream.aclose()
-        await engine.aclose()
+        run, stats = await transcribe_paced(
+            emu, speech, 120, conn_options=NO_RETRY, max_generation_s=60
+        )
         generations = [g for c in emu.connections for g in c.generations]
         errors = emu.stats().errors
     assert normalize(run.text) == normalize(speech.text)  # every word, once, in order
@@ -74,19 +91,7 @@ async def test_a_ten_minute_monologue_rolls_over_every_minute_with_every_word_on
 async def test_no_cap_means_one_generation() -> None:
     speech = synthesize(monologue(75, pause_ms=450), sample_rate=16000)
     async with VLLMRealtimeEmulator(fast=True, record_audio=False) as emu:
-        engine = STT(base_url=emu.url, max_generation_s=None)
-        stream = engine.stream()
-        run = Run()
-        reader = asyncio.create_task(collect(stream, run))
-        for i, frame in enumerate(frames_of(speech, 50)):
-            stream.push_frame(frame)
-            if i % 10 == 9:
-                await keep_pace(stream)
-        stream.end_input()
-        await asyncio.wait_for(reader, 60)
-        stats = stream.stats
-        await stream.aclose()
-        await engine.aclose()
+        run, stats = await transcribe_paced(emu, speech, 60, max_generation_s=None)
     assert normalize(run.text) == normalize(speech.text)
     assert stats.rollovers == 0 and stats.generations == 1
     assert stats.dropped_audio_s == 0
@@ -98,19 +103,9 @@ async def test_with_no_caption_pause_it_cuts_in_a_gap_after_a_word() -> None:
     gap after a word."""
     speech = synthesize(monologue(200, pause_ms=200, seed=7, mark=""), sample_rate=16000)
     async with VLLMRealtimeEmulator(fast=True, record_audio=False) as emu:
-        engine = STT(base_url=emu.url, max_generation_s=30)
-        stream = engine.stream(conn_options=APIConnectOptions(max_retry=0, timeout=5.0))
-        run = Run()
-        reader = asyncio.create_task(collect(stream, run))
-        for i, frame in enumerate(frames_of(speech, 50)):
-            stream.push_frame(frame)
-            if i % 10 == 9:
-                await keep_pace(stream)
-        stream.end_input()
-        await asyncio.wait_for(reader, 60)
-        stats = stream.stats
-        await stream.aclose()
-        await engine.aclose()
+        run, stats = await transcribe_paced(
+            emu, speech, 60, conn_options=NO_RETRY, max_generation_s=30
+        )
         generations = [g for c in emu.connections for g in c.generations]
     assert normalize(run.text) == normalize(speech.text)
     assert stats.rollovers >= 3
