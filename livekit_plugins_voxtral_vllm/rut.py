@@ -30,16 +30,30 @@ from dataclasses import dataclass
 
 from .protocol import SAMPLE_RATE
 
-__all__ = ["RutOptions", "RutSignal", "RutDetector"]
+__all__ = [
+    "DEFAULT_BLANK_RUT_S",
+    "MIN_BLANK_RUT_S",
+    "MAX_BLANK_RUT_S",
+    "RutOptions",
+    "RutSignal",
+    "RutDetector",
+    "blank_rut_options",
+]
 
 _MAX_INTERVALS = 64
+
+DEFAULT_BLANK_RUT_S = 10.0
+MIN_BLANK_RUT_S = 3.0
+"""Below this, text the model holds back for a few seconds (it does, under load) would
+look like a rut."""
+MAX_BLANK_RUT_S = 600.0
 
 
 @dataclass(frozen=True)
 class RutOptions:
     """When silence from the model over speech counts as the rut."""
 
-    threshold_s: float = 10.0
+    threshold_s: float = DEFAULT_BLANK_RUT_S
     """Seconds of speech with only empty deltas, across generations."""
     min_utterance_s: float = 1.0
     """Speech counts from this far into an utterance (a cough or a slam is shorter)."""
@@ -137,3 +151,22 @@ class RutDetector:
             if b > a:
                 total += b - a
         return total
+
+
+def blank_rut_options(blank_rut_s: float | None) -> RutOptions | None:
+    """``STT(blank_rut_s=...)`` checked: seconds of speech with only empty deltas that count
+    as the rut, or None to never watch for it."""
+    if blank_rut_s is None:
+        return None
+    if (
+        isinstance(blank_rut_s, bool)
+        or not isinstance(blank_rut_s, (int, float))
+        or not math.isfinite(blank_rut_s)
+        or not MIN_BLANK_RUT_S <= blank_rut_s <= MAX_BLANK_RUT_S
+    ):
+        raise ValueError(
+            f"blank_rut_s must be a number of seconds from {MIN_BLANK_RUT_S:g} to "
+            f"{MAX_BLANK_RUT_S:g} (or None to never watch for vLLM's blank-token rut), "
+            f"got {blank_rut_s!r}"
+        )
+    return RutOptions(threshold_s=float(blank_rut_s))

@@ -120,7 +120,9 @@ class CoreOptions:
     generation_cap: GenerationCap | None = None
     """Roll generations over once they have taken this much audio (None: only for
     max_model_len)."""
-    rut: RutOptions = field(default_factory=RutOptions)
+    rut: RutOptions | None = field(default_factory=RutOptions)
+    """When long speech with only empty deltas counts as vLLM's blank-token rut (None: never
+    watched for)."""
 
 
 # -- actions and stream events ---------------------------------------------------------------
@@ -289,7 +291,7 @@ class StreamCore:
         self.stats = StreamStats()
         self._history = AudioHistory(int(options.history_s * SAMPLE_RATE))
         self._segmenter = CaptionSegmenter(options.segmenter)
-        self._rut = RutDetector(options.rut)
+        self._rut = RutDetector(options.rut) if options.rut is not None else None
         self._actions: list[Action] = []
         self._lanes: dict[int, _Lane] = {}
         self._next_lane = 1
@@ -412,7 +414,8 @@ class StreamCore:
         )
         if self._failed or self._input_ended or self._live is not None:
             return
-        self._rut.speech_started(start_sample)
+        if self._rut is not None:
+            self._rut.speech_started(start_sample)
         if not self._speaking:
             self._speaking = True
             self._actions.append(SpeechStarted())
@@ -434,7 +437,8 @@ class StreamCore:
     def speech_ended(self, end_sample: int, now: float) -> None:
         """The endpointer saw enough silence: finish the live generation (``final``)."""
         logger.debug("speech ended at %.2fs", end_sample / SAMPLE_RATE)
-        self._rut.speech_ended(end_sample)
+        if self._rut is not None:
+            self._rut.speech_ended(end_sample)
         self._end_live(now)
 
     def flush(self, now: float) -> None:
@@ -824,11 +828,12 @@ class StreamCore:
                     if not gen.muted:
                         self._route(gen, ev, now)
                         self._after_step(gen, lane.conn, now)
-                        lo = gen.start + ev.step * STEP_SAMPLES
-                        signal = self._rut.step(lo, lo + STEP_SAMPLES, bool(ev.delta))
-                        if signal is not None:
-                            self._on_rut(gen, signal, now)
-                            return
+                        if self._rut is not None:
+                            lo = gen.start + ev.step * STEP_SAMPLES
+                            signal = self._rut.step(lo, lo + STEP_SAMPLES, bool(ev.delta))
+                            if signal is not None:
+                                self._on_rut(self._rut, gen, signal, now)
+                                return
                 continue
             changed = True
             if isinstance(ev, GenerationFinished):
@@ -976,9 +981,9 @@ class StreamCore:
         self._route(gen, ev, now)
         self._advance(now)
 
-    def _on_rut(self, gen: _Generation, signal: RutSignal, now: float) -> None:
+    def _on_rut(self, rut: RutDetector, gen: _Generation, signal: RutSignal, now: float) -> None:
         """vLLM's blank-token rut (vllm-project/vllm#47614): long speech, only empty deltas."""
-        threshold = self._opts.rut.threshold_s
+        threshold = rut.options.threshold_s
         self._actions.append(BlankRut(signal is RutSignal.PERSISTENT, threshold))
         if signal is RutSignal.PERSISTENT:
             self.stats.blank_ruts_persistent += 1
@@ -1010,7 +1015,7 @@ class StreamCore:
                 if self._segmenter.has_open_generation
                 else None
             )
-            since = self._rut.since
+            since = rut.since
             if resume is not None and (since is None or since >= gen.start):
                 # it had text before the rut: from after its last final, like a lost one
                 cut = max(self._history.start, min(gen.start, int(resume.resume_s * SAMPLE_RATE)))

@@ -57,6 +57,7 @@ from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerE
 from .generation_cap import DEFAULT_MAX_GENERATION_S, GenerationCap
 from .log import logger
 from .protocol import SAMPLE_RATE, ErrorCode
+from .rut import DEFAULT_BLANK_RUT_S, RutOptions, blank_rut_options
 from .segmenter import CaptionFinal, CaptionSegmenter, SegmenterOptions
 from .stream_core import (
     BlankRut,
@@ -128,6 +129,7 @@ class _STTOptions:
     discover_server: bool
     socket_mode: SocketMode
     endpoint_cooldown_s: float
+    rut: RutOptions | None
 
     def __repr__(self) -> str:  # never show the API key
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -198,6 +200,15 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         endpoint_cooldown_s: with several endpoints, how long one that failed is skipped
             (doubling with each failure in a row, up to 60 s) before its ``/health`` is asked
             again.
+        blank_rut_s: seconds of endpointed speech answered only with empty deltas (counted
+            across generations, from 1 s into each utterance) after which the stream takes it
+            for vLLM's blank-token rut (vllm-project/vllm#47614): one warning, a
+            ``"blank_rut"`` event, ``stats.blank_ruts``, and the stream continues on a fresh
+            socket, replaying from the last word (as far as the 20 s audio history holds);
+            if the fresh socket ruts for as long again, it is reported once more
+            (``persistent``). 3 to 600 s, or None to never watch for it. Default 10 s: most
+            utterances are shorter, and the model writes a word within about a second of
+            hearing it.
         http_session: an aiohttp session to use (default: the job's, or one owned here).
         ssl_context: for ``wss://`` with a private CA or client certificates.
         target_streaming_delay_ms: accepted for compatibility and ignored: the delay is a
@@ -230,6 +241,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         discover_server: bool = True,
         socket_mode: SocketMode = "per_utterance",
         endpoint_cooldown_s: float = 5.0,
+        blank_rut_s: float | None = DEFAULT_BLANK_RUT_S,
         http_session: aiohttp.ClientSession | None = None,
         ssl_context: ssl.SSLContext | None = None,
         target_streaming_delay_ms: int | None = None,
@@ -270,6 +282,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
                     f"use at least {least} (and start vLLM with that --max-model-len)"
                 )
         generation_cap = GenerationCap(max_generation_s) if max_generation_s is not None else None
+        rut = blank_rut_options(blank_rut_s)
         for name, value, lo in (
             ("max_lag_s", max_lag_s, 0.5),
             ("input_stall_s", input_stall_s, 0.1),
@@ -333,6 +346,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
             discover_server=discover_server,
             socket_mode=socket_mode,
             endpoint_cooldown_s=float(endpoint_cooldown_s),
+            rut=rut,
         )
         self._pool = _shared_pool(endpoints, float(endpoint_cooldown_s))
         self._vad = vad
@@ -882,6 +896,7 @@ class SpeechStream(stt.RecognizeStream):
                     abort_on_close=abort_on_close,
                     warm_lanes=1 if opts.socket_mode == "warm" else 0,
                     segmenter=opts.segmenter,
+                    rut=opts.rut,
                 )
             )
             core.stats = self.stats

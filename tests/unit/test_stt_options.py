@@ -140,6 +140,14 @@ def test_bad_base_url_is_a_value_error_at_construction(url: str, needle: str) ->
         ({"max_generation_s": float("inf")}, "max_generation_s"),
         ({"max_generation_s": "60"}, "max_generation_s"),
         ({"max_generation_s": True}, "max_generation_s"),
+        ({"blank_rut_s": 2.9}, "blank_rut_s"),
+        ({"blank_rut_s": 0}, "blank_rut_s"),
+        ({"blank_rut_s": -10}, "blank_rut_s"),
+        ({"blank_rut_s": 601}, "blank_rut_s"),
+        ({"blank_rut_s": float("nan")}, "blank_rut_s"),
+        ({"blank_rut_s": float("inf")}, "blank_rut_s"),
+        ({"blank_rut_s": "10"}, "blank_rut_s"),
+        ({"blank_rut_s": True}, "blank_rut_s"),
         ({"max_lag_s": 0.1}, "max_lag_s"),
         ({"max_lag_s": "5"}, "max_lag_s"),
         ({"lag_policy": "drop"}, "lag_policy"),
@@ -182,6 +190,9 @@ def test_transcription_delay_message_explains_the_step() -> None:
         {"max_generation_s": 5},
         {"max_generation_s": 86400.0},
         {"max_generation_s": None},
+        {"blank_rut_s": 3},
+        {"blank_rut_s": 600.0},
+        {"blank_rut_s": None},
         {"max_lag_s": 0.5},
         {"lag_policy": "wait"},
         {"lag_policy": LagPolicy.CATCH_UP},
@@ -192,6 +203,18 @@ def test_transcription_delay_message_explains_the_step() -> None:
 )
 def test_boundary_values_are_accepted(kwargs: dict[str, Any]) -> None:
     STT(**kwargs)
+
+
+def test_blank_rut_message_gives_the_range_and_how_to_disable() -> None:
+    with pytest.raises(ValueError, match=r"blank_rut_s .* from 3 to 600 \(or None .*got 1\.5"):
+        STT(blank_rut_s=1.5)
+
+
+def test_blank_rut_threshold_reaches_the_stream_options() -> None:
+    assert STT()._opts.rut is not None and STT()._opts.rut.threshold_s == 10.0
+    rut = STT(blank_rut_s=4)._opts.rut
+    assert rut is not None and rut.threshold_s == 4.0
+    assert STT(blank_rut_s=None)._opts.rut is None
 
 
 def test_lag_policy_string_becomes_the_enum() -> None:
