@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
-import os
 import ssl
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -46,18 +43,18 @@ from livekit.agents.utils import AudioBuffer, is_given
 
 from . import protocol
 from .audio import AudioPipeline
-from .connection import RealtimeConnection, min_max_model_len, prompt_tokens
+from .connection import RealtimeConnection
 from .discovery import ServerInfo, discover
-from .endpointer import Endpointer, EndpointerOptions
+from .endpointer import Endpointer
 from .endpointer import SpeechEnded as EpSpeechEnded
 from .endpointer import SpeechResumed as EpSpeechResumed
 from .endpointer import SpeechStarted as EpSpeechStarted
-from .endpoints import EndpointPool, EndpointState, parse_endpoints
+from .endpoints import EndpointPool, EndpointState
 from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
-from .generation_cap import DEFAULT_MAX_GENERATION_S, GenerationCap
+from .generation_cap import DEFAULT_MAX_GENERATION_S
 from .log import logger
 from .protocol import SAMPLE_RATE, ErrorCode
-from .rut import DEFAULT_BLANK_RUT_S, RutOptions, blank_rut_options
+from .rut import DEFAULT_BLANK_RUT_S
 from .segmenter import CaptionFinal, CaptionSegmenter, SegmenterOptions
 from .stream_core import (
     BlankRut,
@@ -75,23 +72,23 @@ from .stream_core import (
     StreamStats,
     UsageReport,
 )
+from .stt_options import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MODEL,
+    ENV_KEY,
+    SocketMode,
+    STTOptions,
+    resolve_options,
+)
 from .vad_clock import VadClock
 from .vad_endpointer import VadEndpointer, VadEndpointerOptions
 from .vad_model import SileroBatch
 
 __all__ = ["STT", "SpeechStream", "DEFAULT_MODEL", "DEFAULT_BASE_URL"]
 
-DEFAULT_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
-DEFAULT_BASE_URL = "ws://127.0.0.1:8000/v1/realtime"
-_ENV_URL = "VOXTRAL_VLLM_BASE_URL"
-_ENV_MODEL = "VOXTRAL_VLLM_MODEL"
-_ENV_KEY = "VOXTRAL_VLLM_API_KEY"
-_ENV_ENDPOINTER = "VOXTRAL_VLLM_ENDPOINTER"
-_ENDPOINTERS = ("silero", "energy")
 _WARM_SOCKET_S = 15.0  # how long a prewarmed socket waits for its stream
 _MAX_OUTBOX = 400  # ~32 s of 80 ms appends waiting on one socket: the server stopped reading
 _PROBE_TIMEOUT_S = 2.0  # a suspect endpoint's /health (and /version, /v1/models) probe
-SocketMode = Literal["warm", "per_utterance"]
 _POOLS: weakref.WeakValueDictionary[tuple[tuple[str, ...], float], EndpointPool] = (
     weakref.WeakValueDictionary()
 )
@@ -106,35 +103,6 @@ def _shared_pool(urls: tuple[str, ...], cooldown_s: float) -> EndpointPool:
         pool = EndpointPool(urls, cooldown_s=cooldown_s, max_cooldown_s=max(60.0, cooldown_s))
         _POOLS[key] = pool
     return pool
-
-
-@dataclass(frozen=True)
-class _STTOptions:
-    base_url: str
-    endpoints: tuple[str, ...]
-    model: str
-    api_key: str | None
-    language: str
-    transcription_delay_ms: int
-    max_model_len: int | None
-    generation_cap: GenerationCap | None
-    endpointer: EndpointerOptions | VadEndpointerOptions
-    segmenter: SegmenterOptions
-    preroll_ms: int
-    max_lag_s: float
-    lag_policy: LagPolicy
-    input_stall_s: float
-    generation_timeout_s: float
-    max_outage_s: float
-    discover_server: bool
-    socket_mode: SocketMode
-    endpoint_cooldown_s: float
-    rut: RutOptions | None
-
-    def __repr__(self) -> str:  # never show the API key
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        fields["api_key"] = "***" if self.api_key else None
-        return "_STTOptions(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
 
 class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
@@ -255,66 +223,33 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
                 manual_flush=True,
             )
         )
-        url: str | Sequence[str] = (
-            base_url if base_url is not None else os.environ.get(_ENV_URL) or DEFAULT_BASE_URL
+        self._opts = resolve_options(
+            base_url=base_url,
+            model=model,
+            api_key=api_key,
+            language=language,
+            transcription_delay_ms=transcription_delay_ms,
+            vad=vad,
+            endpointer=endpointer,
+            min_speech_ms=min_speech_ms,
+            min_silence_ms=min_silence_ms,
+            preroll_ms=preroll_ms,
+            sentence_pause_s=sentence_pause_s,
+            max_pause_s=max_pause_s,
+            max_segment_s=max_segment_s,
+            max_model_len=max_model_len,
+            max_generation_s=max_generation_s,
+            max_lag_s=max_lag_s,
+            lag_policy=lag_policy,
+            input_stall_s=input_stall_s,
+            generation_timeout_s=generation_timeout_s,
+            max_outage_s=max_outage_s,
+            discover_server=discover_server,
+            socket_mode=socket_mode,
+            endpoint_cooldown_s=endpoint_cooldown_s,
+            blank_rut_s=blank_rut_s,
         )
-        endpoints = parse_endpoints(url)
-        model_name = model if model is not None else os.environ.get(_ENV_MODEL) or DEFAULT_MODEL
-        key = api_key if api_key is not None else os.environ.get(_ENV_KEY) or None
-        if not isinstance(model_name, str) or not model_name.strip():
-            raise ValueError(f"model must be a non-empty string, got {model_name!r}")
-        _check_int("transcription_delay_ms", transcription_delay_ms, 80, 2400)
-        if transcription_delay_ms % 80 or 1200 < transcription_delay_ms < 2400:
-            raise ValueError(
-                "transcription_delay_ms must be what the server's tekken.json says: a multiple "
-                f"of 80 in 80..1200, or 2400; got {transcription_delay_ms}"
-            )
-        _check_int("preroll_ms", preroll_ms, 0, 2000)
-        if max_model_len is not None:
-            _check_int("max_model_len", max_model_len, 64, 10_000_000)
-            least = min_max_model_len(transcription_delay_ms)
-            if max_model_len < least:
-                raise ValueError(
-                    f"max_model_len={max_model_len} is too small for "
-                    f"transcription_delay_ms={transcription_delay_ms}: each generation needs "
-                    f"{prompt_tokens(transcription_delay_ms)} prompt tokens and "
-                    f"{transcription_delay_ms // 80 + 11} steps of right padding; "
-                    f"use at least {least} (and start vLLM with that --max-model-len)"
-                )
-        generation_cap = GenerationCap(max_generation_s) if max_generation_s is not None else None
-        rut = blank_rut_options(blank_rut_s)
-        for name, value, lo in (
-            ("max_lag_s", max_lag_s, 0.5),
-            ("input_stall_s", input_stall_s, 0.1),
-            ("generation_timeout_s", generation_timeout_s, 1.0),
-            ("max_outage_s", max_outage_s, 0.0),
-            ("endpoint_cooldown_s", endpoint_cooldown_s, 0.1),
-        ):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < lo:
-                raise ValueError(f"{name} must be a number >= {lo}, got {value!r}")
-        try:
-            policy = LagPolicy(lag_policy)
-        except ValueError:
-            raise ValueError(
-                f"lag_policy must be 'catch_up' or 'wait', got {lag_policy!r}"
-            ) from None
-        if socket_mode not in ("warm", "per_utterance"):
-            raise ValueError(f"socket_mode must be 'warm' or 'per_utterance', got {socket_mode!r}")
-        if vad is not None and not isinstance(vad, lk_vad.VAD):
-            raise TypeError(f"vad must be a livekit.agents.vad.VAD or None, got {type(vad)!r}")
-        kind = endpointer if endpointer is not None else os.environ.get(_ENV_ENDPOINTER) or "silero"
-        if kind not in _ENDPOINTERS:
-            source = "endpointer" if endpointer is not None else f"${_ENV_ENDPOINTER}"
-            raise ValueError(f"{source} must be 'silero' or 'energy', got {kind!r}")
-        timing = {
-            k: v
-            for k, v in (("min_speech_ms", min_speech_ms), ("min_silence_ms", min_silence_ms))
-            if v is not None
-        }
-        ep_opts: EndpointerOptions | VadEndpointerOptions = (
-            VadEndpointerOptions(**timing) if kind == "silero" else EndpointerOptions(**timing)
-        )
-        if kind == "silero" and vad is None:
+        if isinstance(self._opts.endpointer, VadEndpointerOptions) and vad is None:
             SileroBatch.shared()  # load the weights now: a missing package fails here
         if target_streaming_delay_ms is not None:
             logger.info(
@@ -322,33 +257,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
                 "server setting (tekken.json); set transcription_delay_ms to match it",
                 target_streaming_delay_ms,
             )
-        self._opts = _STTOptions(
-            base_url=endpoints[0],
-            endpoints=endpoints,
-            model=model_name,
-            api_key=key,
-            language=language or "",
-            transcription_delay_ms=transcription_delay_ms,
-            max_model_len=max_model_len,
-            generation_cap=generation_cap,
-            endpointer=ep_opts,
-            segmenter=SegmenterOptions(
-                sentence_pause_s=sentence_pause_s,
-                max_pause_s=max_pause_s,
-                max_segment_s=max_segment_s,
-            ),
-            preroll_ms=preroll_ms,
-            max_lag_s=float(max_lag_s),
-            lag_policy=policy,
-            input_stall_s=float(input_stall_s),
-            generation_timeout_s=float(generation_timeout_s),
-            max_outage_s=float(max_outage_s),
-            discover_server=discover_server,
-            socket_mode=socket_mode,
-            endpoint_cooldown_s=float(endpoint_cooldown_s),
-            rut=rut,
-        )
-        self._pool = _shared_pool(endpoints, float(endpoint_cooldown_s))
+        self._pool = _shared_pool(self._opts.endpoints, self._opts.endpoint_cooldown_s)
         self._vad = vad
         self._ssl = ssl_context
         self._session = http_session
@@ -637,7 +546,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         return APIStatusError(message, status_code=400, retryable=False)
 
     async def _connect_ws(
-        self, opts: _STTOptions, timeout: float, url: str | None = None
+        self, opts: STTOptions, timeout: float, url: str | None = None
     ) -> aiohttp.ClientWebSocketResponse:
         """Open one ``/v1/realtime`` socket to ``url`` (default: the first endpoint); raises
         LiveKit API errors (overridable in tests)."""
@@ -771,7 +680,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
 class SpeechStream(stt.RecognizeStream):
     """A live stream: push frames of any rate and channel count, read SpeechEvents."""
 
-    def __init__(self, *, stt: STT, opts: _STTOptions, conn_options: APIConnectOptions) -> None:
+    def __init__(self, *, stt: STT, opts: STTOptions, conn_options: APIConnectOptions) -> None:
         super().__init__(stt=stt, conn_options=conn_options)
         self._stt_impl = stt
         self._opts = opts
@@ -1536,13 +1445,13 @@ class _ConfigurationFailure(Exception):
         self.code = code
 
 
-def _handshake_error(status: int, opts: _STTOptions, url: str) -> APIStatusError:
+def _handshake_error(status: int, opts: STTOptions, url: str) -> APIStatusError:
     if status == 401:
         msg = (
             f"vLLM at {url} rejected the API key (HTTP 401): set api_key= or "
-            f"{_ENV_KEY} to the server's --api-key"
+            f"{ENV_KEY} to the server's --api-key"
             if opts.api_key
-            else f"vLLM at {url} requires an API key (HTTP 401): set api_key= or {_ENV_KEY}"
+            else f"vLLM at {url} requires an API key (HTTP 401): set api_key= or {ENV_KEY}"
         )
     elif status == 403:
         msg = (
@@ -1560,7 +1469,7 @@ def _handshake_error(status: int, opts: _STTOptions, url: str) -> APIStatusError
     return APIStatusError(msg, status_code=status, retryable=status >= 500 or status in (408, 429))
 
 
-def _refuse_broken(info: ServerInfo, opts: _STTOptions) -> None:
+def _refuse_broken(info: ServerInfo, opts: STTOptions) -> None:
     if opts.api_key and info.quirks.api_key_breaks_websocket:
         raise APIStatusError(
             f"vLLM {info.version} cannot serve /v1/realtime with --api-key (every WebSocket fails, "
@@ -1568,8 +1477,3 @@ def _refuse_broken(info: ServerInfo, opts: _STTOptions) -> None:
             status_code=400,
             retryable=False,
         )
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
