@@ -19,6 +19,13 @@ speech whose steps all came back empty, and reports:
 Any text ends the episode. Only speech counts, and only from ``min_utterance_s`` into an
 utterance, so silence, a cough or a door slam never counts; music or noise that the endpointer
 takes for long speech can (it then costs one replay and a warning per episode).
+
+A step counts only once the endpointing has *judged* its audio (:meth:`RutDetector.judged_to`):
+an utterance's end is known only after its trailing silence, and a LiveKit VAD may judge
+seconds behind the audio the stream already sent (a burst of frames, a busy executor). Until
+then an utterance still open would pass that silence, or the next utterances' pauses, off as
+speech. A step is judged once the endpointing is ``settle_s`` past it, or an utterance ended
+after it.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ __all__ = [
 ]
 
 _MAX_INTERVALS = 64
+_MAX_PENDING = 1024  # blank steps waiting for the endpointing (80 s of 80 ms steps)
 
 DEFAULT_BLANK_RUT_S = 10.0
 MIN_BLANK_RUT_S = 3.0
@@ -57,9 +65,12 @@ class RutOptions:
     """Seconds of speech with only empty deltas, across generations."""
     min_utterance_s: float = 1.0
     """Speech counts from this far into an utterance (a cough or a slam is shorter)."""
+    settle_s: float = 1.0
+    """A step's audio is judged once the endpointing is this far past it (longer than the
+    silence that ends an utterance: 0.4-0.6 s for the built-in endpointers and Silero's)."""
 
     def __post_init__(self) -> None:
-        for name in ("threshold_s", "min_utterance_s"):
+        for name in ("threshold_s", "min_utterance_s", "settle_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"RutOptions.{name} must be a number >= 0, got {value!r}")
@@ -87,6 +98,9 @@ class RutDetector:
         self._episode = 0  # signals given in the current episode (0: none)
         self._last_text_end: int | None = None
         self._stretch_start: int | None = None
+        self._pending: deque[tuple[int, int]] = deque()  # blank steps not judged yet
+        self._judged = 0  # the endpointing has judged the audio before this sample
+        self._closed_end = 0  # the end of the last utterance that ended
 
     @property
     def in_episode(self) -> bool:
@@ -109,7 +123,14 @@ class RutDetector:
     def speech_ended(self, sample: int) -> None:
         if self._speech and self._speech[-1][1] is None:
             start = self._speech[-1][0]
-            self._speech[-1] = (start, max(start, sample))
+            end = max(start, sample)
+            self._speech[-1] = (start, end)
+            self._closed_end = max(self._closed_end, end)
+
+    def judged_to(self, sample: int) -> None:
+        """The endpointing has judged the audio before ``sample`` (absolute): the built-in
+        endpointer, as the audio arrives; a LiveKit VAD, at each of its events."""
+        self._judged = max(self._judged, sample)
 
     def step(self, lo: int, hi: int, text: bool) -> RutSignal | None:
         """One engine step that transcribed samples ``[lo, hi)``; ``text``: its delta was not
@@ -119,7 +140,22 @@ class RutDetector:
             self._episode = 0
             self._last_text_end = max(hi, self._last_text_end or 0)
             self._stretch_start = None
+            self._pending.clear()
             return None
+        pending = self._pending
+        pending.append((lo, hi))
+        if len(pending) > _MAX_PENDING:  # the endpointing stopped judging: forget the oldest
+            pending.popleft()
+        judged = max(self._judged - int(self.options.settle_s * SAMPLE_RATE), self._closed_end)
+        while pending and pending[0][1] <= judged:  # (in order but for overlapping lanes)
+            a, b = pending.popleft()
+            signal = self._count(a, b)
+            if signal is not None:
+                pending.clear()  # the socket is replaced: its other steps say nothing more
+                return signal
+        return None
+
+    def _count(self, lo: int, hi: int) -> RutSignal | None:
         counted = self._speech_in(lo, hi)
         if counted and self._stretch_start is None:
             self._stretch_start = self._utterance_start(lo)

@@ -292,6 +292,7 @@ class StreamCore:
         self._history = AudioHistory(int(options.history_s * SAMPLE_RATE))
         self._segmenter = CaptionSegmenter(options.segmenter)
         self._rut = RutDetector(options.rut) if options.rut is not None else None
+        self._judged_by_caller = False  # speech_judged() was called: a VAD that may lag
         self._actions: list[Action] = []
         self._lanes: dict[int, _Lane] = {}
         self._next_lane = 1
@@ -394,6 +395,8 @@ class StreamCore:
             return
         self._history.append(samples)
         self._last_audio_at = now
+        if self._rut is not None and not self._judged_by_caller:
+            self._rut.judged_to(self._history.end)  # (the built-in endpointer keeps up)
         marks = self._push_marks
         marks.append((self._history.end, now))
         while len(marks) > 2 and marks[1][0] < self._history.start:
@@ -428,6 +431,14 @@ class StreamCore:
         self._order.append(gen)
         self._assign(now)
 
+    def speech_judged(self, sample: int) -> None:
+        """The endpointing has judged the audio before ``sample`` (absolute): for a VAD that
+        may lag the audio pushed (a LiveKit VAD). Once called, only these calls (not the
+        audio pushed) say how far speech and silence are known."""
+        self._judged_by_caller = True
+        if self._rut is not None:
+            self._rut.judged_to(sample)
+
     def speech_resumed(self, start_sample: int, now: float) -> None:
         """Inside an utterance, speech resumed after a short silence (a word onset): a hint
         for the start times of caption words."""
@@ -447,6 +458,8 @@ class StreamCore:
 
     def end_input(self, now: float) -> None:
         """No more audio: finish everything; :attr:`finished` turns True when all is emitted."""
+        if self._rut is not None:
+            self._rut.judged_to(1 << 62)  # (all the audio there is, judged)
         self._end_live(now)
         self._input_ended = True
         self._maybe_speech_ended()

@@ -88,6 +88,7 @@ __all__ = ["STT", "SpeechStream", "DEFAULT_MODEL", "DEFAULT_BASE_URL"]
 
 _WARM_SOCKET_S = 15.0  # how long a prewarmed socket waits for its stream
 _MAX_OUTBOX = 400  # ~32 s of 80 ms appends waiting on one socket: the server stopped reading
+_VAD_DRAIN_S = 10.0  # how long end_input waits for a LiveKit VAD to judge the audio it holds
 _PROBE_TIMEOUT_S = 2.0  # a suspect endpoint's /health (and /version, /v1/models) probe
 _POOLS: weakref.WeakValueDictionary[tuple[tuple[str, ...], float], EndpointPool] = (
     weakref.WeakValueDictionary()
@@ -942,6 +943,9 @@ class SpeechStream(stt.RecognizeStream):
             now = loop.time()
             for chunk in self._pipeline.flush():
                 core.push_audio(chunk, now)
+            if vad_stream is not None and vad_task is not None:
+                await self._drain_vad(vad_stream, vad_task)
+                now = loop.time()
             core.end_input(now)
             self._pump()
         finally:
@@ -951,6 +955,19 @@ class SpeechStream(stt.RecognizeStream):
                 await utils.aio.cancel_and_wait(vad_task)
             if vad_stream is not None:
                 await vad_stream.aclose()
+
+    async def _drain_vad(self, vad_stream: lk_vad.VADStream, vad_task: asyncio.Task[None]) -> None:
+        """The input ended: let the VAD judge the audio it has not judged yet. It may lag the
+        audio by seconds (a burst of frames, a busy executor); ending the core first would
+        drop every utterance in that audio, unseen."""
+        vad_stream.end_input()
+        await asyncio.wait({vad_task}, timeout=_VAD_DRAIN_S)
+        if not vad_task.done():
+            logger.warning(
+                "the VAD had not judged all the audio %.0fs after the input ended: speech "
+                "at the end of the stream may be left untranscribed",
+                _VAD_DRAIN_S,
+            )
 
     def _consume(self, core: StreamCore, item: object) -> None:
         """One input item: a chunk from ``push_frame``, a raw frame (VAD input), or the
@@ -1016,6 +1033,7 @@ class SpeechStream(stt.RecognizeStream):
         async for ev in vad_stream:
             now = loop.time()
             at = base + self._vad_clock.to_16k(ev.samples_index, ev.timestamp)
+            core.speech_judged(at)  # (it may lag the audio the stream has sent by seconds)
             if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                 core.speech_started(max(0, at - int(ev.speech_duration * SAMPLE_RATE)), now)
             elif ev.type == lk_vad.VADEventType.END_OF_SPEECH:
