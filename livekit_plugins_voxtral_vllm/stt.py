@@ -19,7 +19,7 @@ import dataclasses
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import aiohttp
@@ -52,6 +52,7 @@ from .endpointer import SpeechStarted as EpSpeechStarted
 from .endpoints import EndpointPool, EndpointState
 from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
 from .generation_cap import DEFAULT_MAX_GENERATION_S
+from .lane_io import LaneIO
 from .log import logger
 from .protocol import SAMPLE_RATE, ErrorCode
 from .rut import DEFAULT_BLANK_RUT_S
@@ -87,7 +88,6 @@ from .vad_model import SileroBatch
 __all__ = ["STT", "SpeechStream", "DEFAULT_MODEL", "DEFAULT_BASE_URL"]
 
 _WARM_SOCKET_S = 15.0  # how long a prewarmed socket waits for its stream
-_MAX_OUTBOX = 400  # ~32 s of 80 ms appends waiting on one socket: the server stopped reading
 _VAD_DRAIN_S = 10.0  # how long end_input waits for a LiveKit VAD to judge the audio it holds
 _PROBE_TIMEOUT_S = 2.0  # a suspect endpoint's /health (and /version, /v1/models) probe
 _POOLS: weakref.WeakValueDictionary[tuple[tuple[str, ...], float], EndpointPool] = (
@@ -690,7 +690,7 @@ class SpeechStream(stt.RecognizeStream):
         self._core: StreamCore | None = None
         self._endpoint: str | None = None  # the endpoint this stream's sockets go to
         self._last_refusal: APIStatusError | None = None
-        self._lanes: dict[int, _LaneIO] = {}
+        self._lanes: dict[int, LaneIO] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] | None = None
         self._pipeline = AudioPipeline()
@@ -1174,11 +1174,11 @@ class SpeechStream(stt.RecognizeStream):
     # -- lanes -----------------------------------------------------------------------------------
 
     def _open_lane(self, lane_id: int) -> None:
-        lane = _LaneIO(lane_id, self._lane_lost)
+        lane = LaneIO(lane_id, self._lane_lost)
         self._lanes[lane_id] = lane
         lane.task = asyncio.create_task(self._lane_loop(lane), name=f"voxtral_vllm.lane{lane_id}")
 
-    async def _lane_loop(self, lane: _LaneIO) -> None:
+    async def _lane_loop(self, lane: LaneIO) -> None:
         loop = asyncio.get_running_loop()
         timeout = self._conn_options.timeout
         started = loop.time()
@@ -1324,135 +1324,13 @@ class SpeechStream(stt.RecognizeStream):
         logger.warning("skipping vLLM endpoint %s: %s", url, err)
         return any(u not in stt_impl._excluded for u in self._opts.endpoints)
 
-    def _lane_lost(self, lane: _LaneIO, reason: str) -> None:
+    def _lane_lost(self, lane: LaneIO, reason: str) -> None:
         core = self._core
         self._lanes.pop(lane.lane, None)
         if core is not None and not lane.closed:
             lane.closed = True
             core.lane_lost(lane.lane, asyncio.get_running_loop().time(), reason)
             self._pump()
-
-
-class _LaneIO:
-    """The socket of one lane. Frames are written at once, in the caller, when nothing is
-    queued: a step's audio reaches the socket with no task switch. When the transport pushes
-    back (flow control) or frames are already waiting, the writer task sends them, in order.
-    Closing lets the writer flush what is queued (e.g. a final commit) and then close."""
-
-    def __init__(self, lane: int, on_lost: Callable[[_LaneIO, str], None]) -> None:
-        self.lane = lane
-        self._on_lost = on_lost
-        self.endpoint: str | None = None
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.closed = False
-        self._outbox: list[str] = []
-        self._wake = asyncio.Event()
-        self._busy = False  # the writer task is sending
-        self._resume: _Resumed | None = None  # a direct send the transport paused
-
-    def send(self, frames: list[str]) -> None:
-        if self.closed:
-            return
-        ws = self.ws
-        if ws is not None and not self._busy and not self._outbox and self._resume is None:
-            frames = self._write_now(ws, frames)
-            if not frames and self._resume is None:
-                return
-        self._outbox.extend(frames)
-        if len(self._outbox) > _MAX_OUTBOX:
-            # vLLM stopped reading: drop the socket; the core replays what it is owed
-            logger.warning("lane %d: vLLM is not reading; dropping the connection", self.lane)
-            self._outbox.clear()
-            self._on_lost(self, "vLLM stopped reading (send queue full)")
-            if self.task is not None:
-                self.task.cancel()
-            return
-        self._wake.set()
-
-    def _write_now(self, ws: aiohttp.ClientWebSocketResponse, frames: list[str]) -> list[str]:
-        """Write frames until one cannot complete at once; return those not started."""
-        for i, frame in enumerate(frames):
-            # An uncompressed aiohttp send writes to the transport synchronously and awaits
-            # only when the transport is paused: run it until then.
-            coro = ws.send_str(frame)
-            try:
-                yielded = coro.send(None)
-            except StopIteration:
-                continue
-            except Exception:
-                # the writer task meets the same error and the lane ends as before
-                coro.close()
-                return frames[i:]
-            self._resume = _Resumed(coro, yielded)
-            return frames[i + 1 :]
-        return []
-
-    async def write_loop(self) -> None:
-        ws = self.ws
-        assert ws is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            self._busy = True
-            try:
-                if self._resume is not None:
-                    await self._resume
-                    self._resume = None
-                while self._outbox:
-                    batch, self._outbox = self._outbox, []
-                    for frame in batch:
-                        await ws.send_str(frame)
-            finally:
-                self._busy = False
-            if self.closed:
-                await ws.close()
-                return
-
-    def close(self) -> None:
-        """Close after the frames already queued. Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.ws is None and self.task is not None:
-            self.task.cancel()  # still connecting
-        self._wake.set()
-
-    async def aclose(self) -> None:
-        """Close now (the stream is ending)."""
-        self.closed = True
-        if self.task is not None:
-            await utils.aio.cancel_and_wait(self.task)
-        if self.ws is not None and not self.ws.closed:
-            await self.ws.close()
-
-
-class _Resumed:
-    """The rest of a send coroutine that was started in the caller and paused (it is
-    waiting for the transport to drain): awaiting this finishes it, like ``await coro``
-    would have, ``yielded`` being what it paused on."""
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-        self._coro = coro
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, None, None]:
-        coro, value = self._coro, self._yielded
-        while True:
-            try:
-                yield value
-            except BaseException as e:  # cancellation included: the send sees it
-                try:
-                    value = coro.throw(e)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    value = coro.send(None)
-                except StopIteration:
-                    return
 
 
 class _ConfigurationFailure(Exception):

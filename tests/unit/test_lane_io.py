@@ -1,4 +1,4 @@
-"""The lane's socket writer (stt._LaneIO): frames are written in the caller when nothing is
+"""The lane's socket writer (lane_io.LaneIO): frames are written in the caller when nothing is
 queued (issue 13: no task switch between a step's audio and the socket), and in order by the
 writer task when the transport pushes back."""
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from livekit_plugins_voxtral_vllm.stt import _LaneIO
+from livekit_plugins_voxtral_vllm.lane_io import LaneIO
 
 
 class FakeWS:
@@ -35,9 +35,9 @@ class FakeWS:
         self.closed = True
 
 
-def lane_with(ws: FakeWS) -> tuple[_LaneIO, list[str]]:
+def lane_with(ws: FakeWS) -> tuple[LaneIO, list[str]]:
     lost: list[str] = []
-    lane = _LaneIO(1, lambda _lane, reason: lost.append(reason))
+    lane = LaneIO(1, lambda _lane, reason: lost.append(reason))
     lane.ws = ws  # type: ignore[assignment]
     return lane, lost
 
