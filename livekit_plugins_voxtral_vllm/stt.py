@@ -42,6 +42,14 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
 from livekit.agents.utils import AudioBuffer, is_given
 
 from . import protocol
+from .api_errors import (
+    ConfigurationFailure,
+    connect_errors,
+    no_usable_endpoint,
+    refusal_error,
+    refuse_broken,
+    stream_failure,
+)
 from .audio import AudioPipeline
 from .connection import RealtimeConnection
 from .discovery import ServerInfo, discover
@@ -76,7 +84,6 @@ from .stream_core import (
 from .stt_options import (
     DEFAULT_BASE_URL,
     DEFAULT_MODEL,
-    ENV_KEY,
     SocketMode,
     STTOptions,
     resolve_options,
@@ -527,24 +534,16 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
     async def _refusal_error(
         self, message: str, code: ErrorCode | None, timeout: float, url: str | None = None
     ) -> APIStatusError:
-        """The non-retryable error for a refused session; for a model the server does not
-        serve, it lists the models it does serve."""
-        if code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.MODEL_NOT_VALIDATED):
-            try:
-                info = await discover(
-                    self._http_session(),
-                    url or self._opts.base_url,
-                    api_key=self._opts.api_key,
-                    timeout=min(5.0, timeout),
-                    ssl_context=self._ssl,
-                )
-            except Exception as e:  # the message is still useful without the list
-                logger.debug("could not list the served models: %s", e)
-            else:
-                if info.models:
-                    message += ". The server serves: " + ", ".join(m.id for m in info.models)
-            return APIStatusError(message, status_code=404, retryable=False)
-        return APIStatusError(message, status_code=400, retryable=False)
+        """The non-retryable error for a refused session (see ``api_errors.refusal_error``)."""
+        return await refusal_error(
+            message,
+            code,
+            http_session=self._http_session,
+            url=url or self._opts.base_url,
+            api_key=self._opts.api_key,
+            ssl_context=self._ssl,
+            timeout=timeout,
+        )
 
     async def _connect_ws(
         self, opts: STTOptions, timeout: float, url: str | None = None
@@ -564,24 +563,9 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
                 max_msg_size=16 * 1024 * 1024,
             )
 
-        try:
-            return await asyncio.wait_for(connect(), timeout)
-        except aiohttp.WSServerHandshakeError as e:
-            raise _handshake_error(e.status, opts, target) from None
-        except aiohttp.ClientConnectorCertificateError as e:
-            # fails the same way on every attempt: a configuration error, not an outage
-            raise APIStatusError(
-                f"the TLS certificate of {target} could not be verified "
-                f"({e.certificate_error}): pass ssl_context= with the CA that signed it",
-                status_code=-1,
-                retryable=False,
-            ) from None
-        except asyncio.TimeoutError as e:
-            raise APITimeoutError(
-                f"timed out connecting to vLLM at {target} after {timeout:.1f}s"
-            ) from e
-        except (aiohttp.ClientError, OSError) as e:
-            raise APIConnectionError(f"could not connect to vLLM at {target}") from e
+        with connect_errors(target, timeout, api_key=opts.api_key):
+            ws: aiohttp.ClientWebSocketResponse = await asyncio.wait_for(connect(), timeout)
+        return ws
 
     async def _recognize_impl(
         self,
@@ -834,7 +818,7 @@ class SpeechStream(stt.RecognizeStream):
             self._pump()
             try:
                 await self._done
-            except _ConfigurationFailure as e:
+            except ConfigurationFailure as e:
                 raise await self._stt_impl._refusal_error(
                     str(e), e.code, self._conn_options.timeout, self._endpoint
                 ) from None
@@ -858,17 +842,12 @@ class SpeechStream(stt.RecognizeStream):
         excluded = self._stt_impl._excluded
         usable = {u: i for u, i in infos.items() if u not in excluded}
         if not usable and infos.keys() >= set(self._opts.endpoints):
-            raise APIStatusError(
-                "no vLLM endpoint can serve this stream: "
-                + "; ".join(f"{u}: {why}" for u, why in excluded.items()),
-                status_code=400,
-                retryable=False,
-            )
+            raise no_usable_endpoint(excluded)
         lens: list[int] = []
         old_any = False
         for info in usable.values():
             if len(self._opts.endpoints) == 1:
-                _refuse_broken(info, self._opts)
+                refuse_broken(info, api_key=self._opts.api_key)
             served = info.model(self._opts.model)
             mml = served.max_model_len if served is not None else None
             old = info.quirks.engine_dies_at_max_model_len  # < 0.32 (also: no abort on close)
@@ -1088,7 +1067,7 @@ class SpeechStream(stt.RecognizeStream):
                         self._endpoint_failed(lane.endpoint, action.fault)
                     lane.close()
             elif isinstance(action, StreamFailed):
-                self._fail(action)
+                self._finish(stream_failure(action))
         if core.finished:
             self._finish()
         self._arm_timer(core)
@@ -1164,12 +1143,6 @@ class SpeechStream(stt.RecognizeStream):
                 ],
             )
         )
-
-    def _fail(self, failed: StreamFailed) -> None:
-        if failed.configuration:
-            self._finish(_ConfigurationFailure(failed.message, failed.code))
-        else:
-            self._finish(APIConnectionError(failed.message))
 
     # -- lanes -----------------------------------------------------------------------------------
 
@@ -1277,12 +1250,7 @@ class SpeechStream(stt.RecognizeStream):
         for _ in range(len(pool.urls) + 1):
             choice = pool.choose(loop.time(), prefer=self._endpoint, skip=stt_impl._excluded)
             if choice is None:
-                raise self._last_refusal or APIStatusError(
-                    "no vLLM endpoint can serve this stream: "
-                    + "; ".join(f"{u}: {why}" for u, why in stt_impl._excluded.items()),
-                    status_code=400,
-                    retryable=False,
-                )
+                raise self._last_refusal or no_usable_endpoint(stt_impl._excluded)
             url = choice.url
             if not choice.probe:
                 break
@@ -1331,45 +1299,3 @@ class SpeechStream(stt.RecognizeStream):
             lane.closed = True
             core.lane_lost(lane.lane, asyncio.get_running_loop().time(), reason)
             self._pump()
-
-
-class _ConfigurationFailure(Exception):
-    """Marker: the server refused the session; _run turns it into APIStatusError."""
-
-    def __init__(self, message: str, code: ErrorCode | None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _handshake_error(status: int, opts: STTOptions, url: str) -> APIStatusError:
-    if status == 401:
-        msg = (
-            f"vLLM at {url} rejected the API key (HTTP 401): set api_key= or "
-            f"{ENV_KEY} to the server's --api-key"
-            if opts.api_key
-            else f"vLLM at {url} requires an API key (HTTP 401): set api_key= or {ENV_KEY}"
-        )
-    elif status == 403:
-        msg = (
-            f"HTTP 403 on the WebSocket upgrade to {url}: vLLM answers 403 for a "
-            "path it does not serve (a wrong base_url path or proxy prefix) and 401 for a bad "
-            "key; check the URL, then any proxy's rules"
-        )
-    elif status == 404:
-        msg = (
-            f"no realtime endpoint at {url} (HTTP 404): check base_url; the server must "
-            "be vLLM >= 0.16 serving a realtime model (e.g. Voxtral-Mini-4B-Realtime-2602)"
-        )
-    else:
-        msg = f"vLLM at {url} refused the WebSocket upgrade (HTTP {status})"
-    return APIStatusError(msg, status_code=status, retryable=status >= 500 or status in (408, 429))
-
-
-def _refuse_broken(info: ServerInfo, opts: STTOptions) -> None:
-    if opts.api_key and info.quirks.api_key_breaks_websocket:
-        raise APIStatusError(
-            f"vLLM {info.version} cannot serve /v1/realtime with --api-key (every WebSocket fails, "
-            "fixed in vLLM 0.20): upgrade vLLM, or run it without --api-key behind a proxy",
-            status_code=400,
-            retryable=False,
-        )
