@@ -57,7 +57,7 @@ from .endpointer import Endpointer
 from .endpointer import SpeechEnded as EpSpeechEnded
 from .endpointer import SpeechResumed as EpSpeechResumed
 from .endpointer import SpeechStarted as EpSpeechStarted
-from .endpoints import EndpointPool, EndpointState
+from .endpoints import EndpointPool
 from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
 from .generation_cap import DEFAULT_MAX_GENERATION_S
 from .lane_io import LaneIO
@@ -91,10 +91,10 @@ from .stt_options import (
 from .vad_clock import VadClock
 from .vad_endpointer import VadEndpointer, VadEndpointerOptions
 from .vad_model import SileroBatch
+from .warm_socket import WarmSocket
 
 __all__ = ["STT", "SpeechStream", "DEFAULT_MODEL", "DEFAULT_BASE_URL"]
 
-_WARM_SOCKET_S = 15.0  # how long a prewarmed socket waits for its stream
 _VAD_DRAIN_S = 10.0  # how long end_input waits for a LiveKit VAD to judge the audio it holds
 _PROBE_TIMEOUT_S = 2.0  # a suspect endpoint's /health (and /version, /v1/models) probe
 _POOLS: weakref.WeakValueDictionary[tuple[tuple[str, ...], float], EndpointPool] = (
@@ -275,8 +275,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         self._discoveries: dict[str, asyncio.Task[ServerInfo]] = {}
         # endpoints this STT cannot use (its model not served, a broken version): url -> why
         self._excluded: dict[str, str] = {}
-        self._warm: asyncio.Task[tuple[str, aiohttp.ClientWebSocketResponse] | None] | None = None
-        self._warm_closing: asyncio.Future[bool] | None = None
+        self._warm = WarmSocket(self._pool)
         self._streams: weakref.WeakSet[SpeechStream] = weakref.WeakSet()
 
     def __repr__(self) -> str:
@@ -361,7 +360,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
     def prewarm(self) -> None:
         """Ask the servers about themselves and (``socket_mode="warm"``) open a socket now,
         ahead of the first stream (which adopts the socket if it comes within
-        ``_WARM_SOCKET_S``)."""
+        ``warm_socket.WARM_SOCKET_S``)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -370,67 +369,17 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
             self._start_discovery(url)
         if self._opts.socket_mode != "warm":
             return
-        if self._warm is None or self._warm.done():
-            self._warm = asyncio.create_task(self._open_warm(), name="voxtral_vllm.prewarm")
-
-    async def _open_warm(self) -> tuple[str, aiohttp.ClientWebSocketResponse] | None:
-        choice = self._pool.choose(asyncio.get_running_loop().time(), skip=self._excluded)
-        if choice is None or choice.probe:
-            return None
-        try:
-            ws = await self._connect_ws(
-                self._opts, DEFAULT_API_CONNECT_OPTIONS.timeout, url=choice.url
-            )
-        except Exception as e:  # the stream will connect (and report) on its own
-            logger.debug("prewarm: %s", e)
-            return None
-        # Nobody reads it, so nobody answers the server's pings: do not keep it long.
-        asyncio.get_running_loop().call_later(_WARM_SOCKET_S, self._expire_warm, ws)
-        return choice.url, ws
-
-    def _expire_warm(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        warm = self._warm
-        if warm is not None and warm.done() and (warm.result() or ("", None))[1] is ws:
-            self._warm = None
-        if not ws.closed:
-            self._warm_closing = asyncio.ensure_future(ws.close())
-
-    def _take_warm_socket(
-        self, endpoint: str | None
-    ) -> tuple[str, aiohttp.ClientWebSocketResponse] | None:
-        """The prewarmed socket, if one is open, unclaimed, and on ``endpoint`` (any healthy
-        endpoint when None)."""
-        warm = self._warm
-        if warm is None or not warm.done() or warm.cancelled() or warm.exception() is not None:
-            self._warm = None
-            if warm is not None and not warm.done():
-                warm.cancel()
-            return None
-        got = warm.result()
-        if got is None or got[1].closed:
-            self._warm = None
-            return None
-        url = got[0]
-        now = asyncio.get_running_loop().time()
-        if (endpoint is not None and url != endpoint) or self._pool.state(
-            url, now
-        ) is not EndpointState.HEALTHY:
-            return None  # not for this stream; it expires on its own
-        self._warm = None
-        return got
+        self._warm.open(
+            lambda url: self._connect_ws(self._opts, DEFAULT_API_CONNECT_OPTIONS.timeout, url=url),
+            skip=self._excluded,
+        )
 
     async def aclose(self) -> None:
         tasks, self._discoveries = list(self._discoveries.values()), {}
         for task in tasks:
             if not task.done():
                 await utils.aio.cancel_and_wait(task)
-        warm, self._warm = self._warm, None
-        if warm is not None:
-            await utils.aio.cancel_and_wait(warm)
-            if not warm.cancelled() and warm.exception() is None:
-                got = warm.result()
-                if got is not None:
-                    await got[1].close()
+        await self._warm.aclose()
         for own in (self._own_session, self._own_ws_session):
             if own is not None:
                 await own.close()
@@ -1157,7 +1106,7 @@ class SpeechStream(stt.RecognizeStream):
         started = loop.time()
         stt_impl = self._stt_impl
         try:
-            warm = stt_impl._take_warm_socket(self._endpoint)
+            warm = stt_impl._warm.take(self._endpoint)
             if warm is not None:
                 url, ws = warm
             else:
