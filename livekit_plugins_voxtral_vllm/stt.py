@@ -19,7 +19,7 @@ import dataclasses
 import ssl
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import aiohttp
@@ -47,12 +47,11 @@ from .api_errors import (
     connect_errors,
     no_usable_endpoint,
     refusal_error,
-    refuse_broken,
     stream_failure,
 )
 from .audio import AudioPipeline
 from .connection import RealtimeConnection
-from .discovery import ServerInfo, discover
+from .discovery import ServerInfo
 from .endpointer import Endpointer
 from .endpointer import SpeechEnded as EpSpeechEnded
 from .endpointer import SpeechResumed as EpSpeechResumed
@@ -65,6 +64,7 @@ from .log import logger
 from .protocol import SAMPLE_RATE, ErrorCode
 from .rut import DEFAULT_BLANK_RUT_S
 from .segmenter import CaptionFinal, CaptionSegmenter, SegmenterOptions
+from .server_facts import ServerFacts
 from .stream_core import (
     BlankRut,
     CloseLane,
@@ -96,7 +96,6 @@ from .warm_socket import WarmSocket
 __all__ = ["STT", "SpeechStream", "DEFAULT_MODEL", "DEFAULT_BASE_URL"]
 
 _VAD_DRAIN_S = 10.0  # how long end_input waits for a LiveKit VAD to judge the audio it holds
-_PROBE_TIMEOUT_S = 2.0  # a suspect endpoint's /health (and /version, /v1/models) probe
 _POOLS: weakref.WeakValueDictionary[tuple[tuple[str, ...], float], EndpointPool] = (
     weakref.WeakValueDictionary()
 )
@@ -271,10 +270,12 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         self._session = http_session
         self._own_session: aiohttp.ClientSession | None = None
         self._own_ws_session: aiohttp.ClientSession | None = None
-        self._infos: dict[str, ServerInfo] = {}
-        self._discoveries: dict[str, asyncio.Task[ServerInfo]] = {}
-        # endpoints this STT cannot use (its model not served, a broken version): url -> why
-        self._excluded: dict[str, str] = {}
+        self._facts = ServerFacts(
+            self._opts,
+            http_session=self._http_session,
+            ssl_context=ssl_context,
+            on_changed=self._on_server_changed,
+        )
         self._warm = WarmSocket(self._pool)
         self._streams: weakref.WeakSet[SpeechStream] = weakref.WeakSet()
 
@@ -305,12 +306,12 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
     @property
     def server_info(self) -> ServerInfo | None:
         """What the (first) server said about itself, once discovery ran."""
-        return self._infos.get(self._opts.base_url)
+        return self._facts.infos.get(self._opts.base_url)
 
     def endpoint_info(self, url: str) -> ServerInfo | None:
         """What the endpoint ``url`` (as in :attr:`endpoints`) said about itself, if it was
         asked yet."""
-        return self._infos.get(url)
+        return self._facts.infos.get(url)
 
     @property
     def streams(self) -> tuple[SpeechStream, ...]:
@@ -366,19 +367,16 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         except RuntimeError:
             return
         for url in self._opts.endpoints:
-            self._start_discovery(url)
+            self._facts.start(url)
         if self._opts.socket_mode != "warm":
             return
         self._warm.open(
             lambda url: self._connect_ws(self._opts, DEFAULT_API_CONNECT_OPTIONS.timeout, url=url),
-            skip=self._excluded,
+            skip=self._facts.excluded,
         )
 
     async def aclose(self) -> None:
-        tasks, self._discoveries = list(self._discoveries.values()), {}
-        for task in tasks:
-            if not task.done():
-                await utils.aio.cancel_and_wait(task)
+        await self._facts.aclose()
         await self._warm.aclose()
         for own in (self._own_session, self._own_ws_session):
             if own is not None:
@@ -411,74 +409,9 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
             )
         return self._own_ws_session
 
-    def _start_discovery(self, url: str) -> asyncio.Task[ServerInfo]:
-        task = self._discoveries.get(url)
-        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = asyncio.create_task(self._discover(url), name="voxtral_vllm.discover")
-            self._discoveries[url] = task
-        return task
-
-    async def _discover(self, url: str, timeout: float = 5.0) -> ServerInfo:
-        info = await discover(
-            self._http_session(),
-            url,
-            api_key=self._opts.api_key,
-            timeout=timeout,
-            ssl_context=self._ssl,
-        )
-        before = self._infos.get(url)
-        self._infos[url] = info
-        if before is None or (before.version, before.models) != (info.version, info.models):
-            where = f" at {url}" if len(self._opts.endpoints) > 1 else ""
-            for note in info.quirks.describe():
-                logger.warning("vLLM %s%s: %s", info.version, where, note)
-            self._review(url, info)
-            if before is not None:  # a replica came back different (e.g. upgraded)
-                for stream in list(self._streams):
-                    stream._refresh_limits()
-        return info
-
-    def _review(self, url: str, info: ServerInfo) -> None:
-        """With several endpoints, one whose discovery shows this STT cannot use it (its model
-        is not served there, or its version breaks the API key) is skipped, not fatal."""
-        if len(self._opts.endpoints) == 1:
-            return  # the stream reports the problem itself, with the server's own words
-        problem = None
-        if self._opts.api_key and info.quirks.api_key_breaks_websocket:
-            problem = f"vLLM {info.version} cannot serve /v1/realtime with --api-key"
-        elif info.models and info.model(self._opts.model) is None:
-            problem = f"it does not serve {self._opts.model!r} (it serves: " + (
-                ", ".join(m.id for m in info.models) + ")"
-            )
-        if problem is None:
-            if self._excluded.pop(url, None) is not None:
-                logger.info("vLLM endpoint %s is usable again", url)
-        elif self._excluded.get(url) != problem:
-            self._excluded[url] = problem
-            logger.warning("skipping vLLM endpoint %s: %s", url, problem)
-
-    async def _server_facts(self, timeout: float) -> dict[str, ServerInfo] | None:
-        """What the endpoints said about themselves, waiting at most ``timeout`` for them
-        (None when discovery is off or nothing answered in time)."""
-        if not self._opts.discover_server:
-            return None
-        tasks = [self._start_discovery(url) for url in self._opts.endpoints]
-        if not all(url in self._infos for url in self._opts.endpoints):
-            await asyncio.wait(tasks, timeout=timeout)  # (leaves the tasks running)
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                # discovery must never break transcription
-                logger.debug("vLLM discovery failed: %s", task.exception())
-        return dict(self._infos) or None
-
-    async def _probe(self, url: str) -> bool:
-        """Ask a suspect endpoint's ``/health`` (and refresh what it says about itself)."""
-        try:
-            info = await self._discover(url, timeout=_PROBE_TIMEOUT_S)
-        except Exception as e:  # an unreachable server is what a probe is for
-            logger.debug("probe of %s: %s", url, e)
-            return False
-        return bool(info.healthy) and url not in self._excluded
+    def _on_server_changed(self) -> None:
+        for stream in list(self._streams):
+            stream._refresh_limits()
 
     async def _refusal_error(
         self, message: str, code: ErrorCode | None, timeout: float, url: str | None = None
@@ -541,7 +474,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         seg = CaptionSegmenter(SegmenterOptions(1e9, 1e9, 1e9))
         seg.start_generation(0.0)
         loop = asyncio.get_running_loop()
-        choice = self._pool.choose(loop.time(), skip=self._excluded)
+        choice = self._pool.choose(loop.time(), skip=self._facts.excluded)
         url = choice.url if choice is not None else opts.base_url
         try:
             ws = await self._connect_ws(opts, conn_options.timeout, url=url)
@@ -717,8 +650,8 @@ class SpeechStream(stt.RecognizeStream):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         opts = self._opts
-        infos = await self._stt_impl._server_facts(timeout=min(2.0, self._conn_options.timeout))
-        max_model_len, abort_on_close = self._server_limits(infos)
+        infos = await self._stt_impl._facts.gather(timeout=min(2.0, self._conn_options.timeout))
+        max_model_len, abort_on_close = self._stt_impl._facts.limits(infos)
         core = self._core
         if core is None:
             core = StreamCore(
@@ -749,7 +682,7 @@ class SpeechStream(stt.RecognizeStream):
             if pending and opts.discover_server:
                 # discovery is slow or a server is down: apply what it learns later
                 for url in pending:
-                    task = self._stt_impl._start_discovery(url)
+                    task = self._stt_impl._facts.start(url)
                     task.add_done_callback(self._on_late_discovery)
             elif max_model_len is None:
                 logger.info(
@@ -779,46 +712,6 @@ class SpeechStream(stt.RecognizeStream):
             lanes, self._lanes = list(self._lanes.values()), {}
             await asyncio.gather(*(lane.aclose() for lane in lanes), return_exceptions=True)
 
-    def _server_limits(self, infos: Mapping[str, ServerInfo] | None) -> tuple[int | None, bool]:
-        """max_model_len for rollover, and whether closing a socket aborts its request.
-
-        With several endpoints a generation may continue on any of them, so the smallest
-        max_model_len applies, and closing aborts only if it does on every one (>= 0.32).
-        Raises APIStatusError when no endpoint is usable."""
-        max_model_len = self._opts.max_model_len
-        if not infos:
-            return max_model_len, True
-        excluded = self._stt_impl._excluded
-        usable = {u: i for u, i in infos.items() if u not in excluded}
-        if not usable and infos.keys() >= set(self._opts.endpoints):
-            raise no_usable_endpoint(excluded)
-        lens: list[int] = []
-        old_any = False
-        for info in usable.values():
-            if len(self._opts.endpoints) == 1:
-                refuse_broken(info, api_key=self._opts.api_key)
-            served = info.model(self._opts.model)
-            mml = served.max_model_len if served is not None else None
-            old = info.quirks.engine_dies_at_max_model_len  # < 0.32 (also: no abort on close)
-            old_any = old_any or old
-            if mml is None and old and max_model_len is None:
-                logger.warning(
-                    "vLLM %s dies at max_model_len and did not report it; assuming 4096",
-                    info.version,
-                )
-                mml = 4096
-            if mml is not None:
-                lens.append(mml)
-        if max_model_len is None and lens:
-            max_model_len = min(lens)
-            if len(set(lens)) > 1:
-                logger.info(
-                    "the vLLM endpoints differ in max_model_len (%s): rolling over before the "
-                    "smallest, since a generation may continue on any of them",
-                    sorted(set(lens)),
-                )
-        return max_model_len, not old_any
-
     def _on_late_discovery(self, task: asyncio.Task[ServerInfo]) -> None:
         if task.cancelled() or task.exception() is not None:
             return
@@ -830,7 +723,8 @@ class SpeechStream(stt.RecognizeStream):
         if self._core is None or not self._opts.discover_server:
             return
         try:
-            max_model_len, abort_on_close = self._server_limits(self._stt_impl._infos)
+            facts = self._stt_impl._facts
+            max_model_len, abort_on_close = facts.limits(facts.infos)
         except APIStatusError as e:
             self._finish(e)
             return
@@ -1197,13 +1091,13 @@ class SpeechStream(stt.RecognizeStream):
         loop = asyncio.get_running_loop()
         url = self._endpoint
         for _ in range(len(pool.urls) + 1):
-            choice = pool.choose(loop.time(), prefer=self._endpoint, skip=stt_impl._excluded)
+            choice = pool.choose(loop.time(), prefer=self._endpoint, skip=stt_impl._facts.excluded)
             if choice is None:
-                raise self._last_refusal or no_usable_endpoint(stt_impl._excluded)
+                raise self._last_refusal or no_usable_endpoint(stt_impl._facts.excluded)
             url = choice.url
             if not choice.probe:
                 break
-            if await stt_impl._probe(url):
+            if await stt_impl._facts.probe(url):
                 pool.succeeded(url, loop.time())
                 break
             pool.failed(url, loop.time(), "/health did not answer 200")
@@ -1233,13 +1127,13 @@ class SpeechStream(stt.RecognizeStream):
         """With several endpoints, one that refuses this stream for good (HTTP 401/403/404,
         not vLLM) is skipped and the stream goes on elsewhere. False with one endpoint, or
         when it was the last usable one."""
-        stt_impl = self._stt_impl
+        excluded = self._stt_impl._facts.excluded
         if len(self._opts.endpoints) == 1:
             return False
-        stt_impl._excluded[url] = str(err)
+        excluded[url] = str(err)
         self._last_refusal = err
         logger.warning("skipping vLLM endpoint %s: %s", url, err)
-        return any(u not in stt_impl._excluded for u in self._opts.endpoints)
+        return any(u not in excluded for u in self._opts.endpoints)
 
     def _lane_lost(self, lane: LaneIO, reason: str) -> None:
         core = self._core
