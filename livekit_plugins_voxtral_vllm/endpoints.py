@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import random
+import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -36,7 +37,7 @@ from urllib.parse import urlsplit
 from .discovery import normalize_realtime_url
 from .log import logger
 
-__all__ = ["Choice", "EndpointPool", "EndpointState", "parse_endpoints"]
+__all__ = ["Choice", "EndpointPool", "EndpointState", "parse_endpoints", "shared_pool"]
 
 
 def parse_endpoints(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -216,3 +217,19 @@ class EndpointPool:
             logger.info("vLLM endpoint %s is back", url)
         h.failures = 0
         h.cooling_until = 0.0
+
+
+_POOLS: weakref.WeakValueDictionary[tuple[tuple[str, ...], float], EndpointPool] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def shared_pool(urls: tuple[str, ...], cooldown_s: float) -> EndpointPool:
+    """One pool per endpoint list in a process: a replica one stream found dead is skipped
+    by the others too."""
+    key = (urls, cooldown_s)
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = EndpointPool(urls, cooldown_s=cooldown_s, max_cooldown_s=max(60.0, cooldown_s))
+        _POOLS[key] = pool
+    return pool

@@ -56,7 +56,7 @@ from .endpointer import Endpointer
 from .endpointer import SpeechEnded as EpSpeechEnded
 from .endpointer import SpeechResumed as EpSpeechResumed
 from .endpointer import SpeechStarted as EpSpeechStarted
-from .endpoints import EndpointPool
+from .endpoints import shared_pool
 from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
 from .generation_cap import DEFAULT_MAX_GENERATION_S
 from .lane_io import LaneIO
@@ -96,20 +96,6 @@ from .warm_socket import WarmSocket
 __all__ = ["STT", "SpeechStream", "DEFAULT_MODEL", "DEFAULT_BASE_URL"]
 
 _VAD_DRAIN_S = 10.0  # how long end_input waits for a LiveKit VAD to judge the audio it holds
-_POOLS: weakref.WeakValueDictionary[tuple[tuple[str, ...], float], EndpointPool] = (
-    weakref.WeakValueDictionary()
-)
-
-
-def _shared_pool(urls: tuple[str, ...], cooldown_s: float) -> EndpointPool:
-    """One pool per endpoint list in a process: a replica one stream found dead is skipped
-    by the others too."""
-    key = (urls, cooldown_s)
-    pool = _POOLS.get(key)
-    if pool is None:
-        pool = EndpointPool(urls, cooldown_s=cooldown_s, max_cooldown_s=max(60.0, cooldown_s))
-        _POOLS[key] = pool
-    return pool
 
 
 class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
@@ -264,7 +250,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
                 "server setting (tekken.json); set transcription_delay_ms to match it",
                 target_streaming_delay_ms,
             )
-        self._pool = _shared_pool(self._opts.endpoints, self._opts.endpoint_cooldown_s)
+        self._pool = shared_pool(self._opts.endpoints, self._opts.endpoint_cooldown_s)
         self._vad = vad
         self._ssl = ssl_context
         self._session = http_session
