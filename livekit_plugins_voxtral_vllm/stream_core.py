@@ -63,6 +63,7 @@ from .events import (
     SessionCreated,
 )
 from .history import AudioHistory
+from .lag import LagWatch
 from .log import logger
 from .protocol import SAMPLE_RATE, STEP_SAMPLES, ErrorCode, ErrorKind, Usage, describe_refusal
 from .rut import RutDetector, RutSignal
@@ -113,6 +114,7 @@ class _Generation:
 
     gid: int
     start: int
+    lag: LagWatch  # how far its output is behind its audio
     end: int | None = None
     sent_until: int = 0
     phase: _Phase = _Phase.WAITING
@@ -125,9 +127,6 @@ class _Generation:
     pending: list[DeltaReceived | GenerationFinished] = field(default_factory=list)
     finished: bool = False
     last_activity: float = 0.0
-    lag_warned: bool = False
-    lag_since: float | None = None
-    lag_at_start: float = 0.0
     full: bool = False  # sent all max_model_len allows; hands over at its end
 
 
@@ -599,7 +598,14 @@ class StreamCore:
             # the history no longer holds it (a very long outage): count what is lost
             self._lost_from_history(start, self._history.start)
             start = self._history.start
-        gen = _Generation(gid=self._next_gid, start=start, sent_until=start, last_activity=now)
+        opts = self._opts
+        gen = _Generation(
+            gid=self._next_gid,
+            start=start,
+            lag=LagWatch(opts.max_lag_s, opts.lag_grace_s, opts.lag_policy),
+            sent_until=start,
+            last_activity=now,
+        )
         self._next_gid += 1
         logger.debug(
             "generation %d from %.2fs (%s); audio up to %.2fs",
@@ -1023,8 +1029,7 @@ class StreamCore:
         lag = conn.lag_steps * STEP_SAMPLES / SAMPLE_RATE
         self.stats.lag_s = lag
         self.stats.peak_lag_s = max(self.stats.peak_lag_s, lag)
-        if gen.lag_warned and lag < self._opts.max_lag_s / 2:
-            gen.lag_warned = False
+        gen.lag.stepped(lag)
         self._check_capacity(gen, conn, now)
 
     def _check_capacity(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
@@ -1089,30 +1094,9 @@ class StreamCore:
         )
 
     def _check_lag(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
-        """Backpressure. A replay after a reconnect sends seconds of audio at once, which vLLM
-        then works through faster than real time; only a lag that stays over ``max_lag_s``
-        without shrinking for ``lag_grace_s`` is a server that cannot keep up."""
+        """Backpressure (lag.py): catch up when the lag policy says so."""
         lag_s = conn.lag_steps * STEP_SAMPLES / SAMPLE_RATE
-        if lag_s <= self._opts.max_lag_s:
-            gen.lag_since = None
-            return
-        if gen.lag_since is None:
-            gen.lag_since, gen.lag_at_start = now, lag_s
-            if not gen.lag_warned:
-                gen.lag_warned = True
-                logger.warning(
-                    "vLLM is %.1fs behind the audio (limit %.1fs); policy %s",
-                    lag_s,
-                    self._opts.max_lag_s,
-                    self._opts.lag_policy.value,
-                )
-            return
-        if now - gen.lag_since < self._opts.lag_grace_s:
-            return
-        if lag_s < gen.lag_at_start:  # catching up: give it another grace period
-            gen.lag_since, gen.lag_at_start = now, lag_s
-            return
-        if self._opts.lag_policy is LagPolicy.CATCH_UP and self._order and self._order[0] is gen:
+        if gen.lag.catch_up_due(lag_s, now) and self._order and self._order[0] is gen:
             self._roll_over(gen, now, reason="catching up", catch_up=True)
 
     def _roll_over(self, gen: _Generation, now: float, reason: str, catch_up: bool = False) -> None:
