@@ -65,6 +65,11 @@ class CoreOptions:
     """Idle sockets kept open for the next utterance: 1 (a warm socket), or 0 (one socket per
     utterance, opened at speech start and closed after ``done``, so a least-connections
     balancer in front of several servers counts running generations)."""
+    refusal_failover: bool = False
+    """Several servers: a session refused because the server does not serve the model
+    (``model_not_found``, e.g. one replica deployed with another model) closes that lane as
+    :attr:`CloseLane.refused` and the generation goes on another lane, instead of failing the
+    stream. The glue stops using that server and fails the stream when none is left."""
     history_s: float = 20.0
     max_lag_s: float = 5.0
     lag_grace_s: float = 2.0
@@ -104,6 +109,9 @@ class CloseLane:
     fault: str | None = None
     """Why, when the server failed the lane (a generation lost on it, no output): the glue
     tells its endpoint pool. None for an ordinary close."""
+    refused: str | None = None
+    """With :attr:`CoreOptions.refusal_failover`: the server refused the session for the
+    model (``model_not_found``; the server's message). The glue stops using that server."""
 
 
 @dataclass(frozen=True, slots=True)

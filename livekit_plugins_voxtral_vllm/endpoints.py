@@ -23,6 +23,11 @@ The rules, all in this module:
 The pool is sans-I/O: time arrives as ``now``, and it never touches a socket. One pool is
 shared by every stream of a process that names the same endpoints (see ``STT``), so what one
 stream learns about a dead replica spares the others the same failed connect.
+
+A replica that is up but refuses the session for the model (``model_not_found``: after a bad
+deploy it serves another model) is not unhealthy for everyone, only for the ``STT`` that asks
+for that model: :class:`ModelRefusals` keeps such endpoints out, per ``STT``, for a cooldown
+that doubles with each refusal in a row.
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ from urllib.parse import urlsplit
 from .discovery import normalize_realtime_url
 from .log import logger
 
-__all__ = ["Choice", "EndpointPool", "EndpointState", "parse_endpoints", "shared_pool"]
+__all__ = [
+    "Choice",
+    "EndpointPool",
+    "EndpointState",
+    "ModelRefusals",
+    "parse_endpoints",
+    "shared_pool",
+]
 
 
 def parse_endpoints(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -233,3 +245,39 @@ def shared_pool(urls: tuple[str, ...], cooldown_s: float) -> EndpointPool:
         pool = EndpointPool(urls, cooldown_s=cooldown_s, max_cooldown_s=max(60.0, cooldown_s))
         _POOLS[key] = pool
     return pool
+
+
+class ModelRefusals:
+    """Endpoints that refused the session because they do not serve the model, each kept out
+    for ``cooldown_s``, doubling with each refusal in a row up to ``max_cooldown_s`` (then it
+    is tried again: a fixed deploy is picked up without a restart). Sans-I/O."""
+
+    def __init__(self, cooldown_s: float, max_cooldown_s: float = 60.0) -> None:
+        self.cooldown_s = cooldown_s
+        self.max_cooldown_s = max(max_cooldown_s, cooldown_s)
+        self._until: dict[str, float] = {}
+        self._strikes: dict[str, int] = {}
+
+    def refused(self, url: str, now: float) -> float:
+        """``url`` refused the model: returns how long it is kept out."""
+        strikes = self._strikes[url] = self._strikes.get(url, 0) + 1
+        wait = min(self.cooldown_s * 2.0 ** (strikes - 1), self.max_cooldown_s)
+        self._until[url] = now + wait
+        return wait
+
+    def strikes(self, url: str) -> int:
+        """Refusals in a row from ``url``."""
+        return self._strikes.get(url, 0)
+
+    def served(self, url: str) -> None:
+        """``url`` serves the model (again): forget its refusals."""
+        self._until.pop(url, None)
+        self._strikes.pop(url, None)
+
+    def expired(self, now: float) -> list[str]:
+        """The endpoints whose cooldown is over (each returned once; their strikes are kept
+        until :meth:`served`)."""
+        done = [url for url, until in self._until.items() if until <= now]
+        for url in done:
+            del self._until[url]
+        return done

@@ -13,6 +13,11 @@ conclusions from them:
   of them) and whether closing a socket aborts its request (vLLM >= 0.32 on every one);
 - whether a suspect endpoint answers again (:meth:`ServerFacts.probe`).
 
+An endpoint that discovery let through can still refuse the session for the model
+(``model_not_found``: after a bad deploy it serves another model). With several endpoints it
+is then skipped for a cooldown (:meth:`ServerFacts.model_refused`, doubling with each refusal
+in a row, up to 60 s), after which it is tried again (:meth:`ServerFacts.skipped`).
+
 Discovery never breaks transcription: a server that does not answer in time is simply not
 known yet, and what it says later is applied then (``on_changed``).
 """
@@ -20,16 +25,18 @@ known yet, and what it says later is applied then (``on_changed``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable, Mapping
 
 import aiohttp
-from livekit.agents import utils
+from livekit.agents import APIStatusError, utils
 
 from .api_errors import no_usable_endpoint, refuse_broken
 from .discovery import ServerInfo, discover
+from .endpoints import ModelRefusals
 from .log import logger
-from .stt_options import STTOptions
+from .stt_options import ENV_MODEL, STTOptions
 
 __all__ = ["ServerFacts"]
 
@@ -65,6 +72,69 @@ class ServerFacts:
         self.excluded: dict[str, str] = {}
         """Endpoints this STT cannot use (its model not served, a broken version): url -> why."""
         self._discoveries: dict[str, asyncio.Task[ServerInfo]] = {}
+        # of the excluded, those that refused the session for the model: url -> why
+        self._refused: dict[str, str] = {}
+        self._refusals = ModelRefusals(opts.endpoint_cooldown_s)
+
+    def skipped(self, now: float) -> dict[str, str]:
+        """The endpoints not to use now (:attr:`excluded`), after letting back in those whose
+        model refusal has cooled down."""
+        for url in self._refusals.expired(now):
+            why = self._refused.pop(url, None)
+            if why is not None and self.excluded.get(url) == why:
+                del self.excluded[url]
+                logger.info("trying vLLM endpoint %s again for %r", url, self._opts.model)
+        return self.excluded
+
+    def model_refused(self, url: str, now: float) -> bool:
+        """With several endpoints, ``url`` refused the session because it does not serve the
+        model (``model_not_found``): skip it for a cooldown (one warning, naming what it
+        serves when discovery knows). False when no endpoint is left."""
+        if url not in self._refused:  # (not another socket's refusal, already counted)
+            wait = self._refusals.refused(url, now)
+            info = self.infos.get(url)
+            serves = ""  # (what discovery said, unless it still listed the model: it changed)
+            if info is not None and info.models and info.model(self._opts.model) is None:
+                serves = ", ".join(m.id for m in info.models)
+            why = f"it does not serve {self._opts.model!r} (model_not_found" + (
+                f"; it serves: {serves})" if serves else ")"
+            )
+            self.excluded[url] = self._refused[url] = why
+            logger.log(
+                logging.WARNING if self._refusals.strikes(url) == 1 else logging.INFO,
+                "skipping vLLM endpoint %s for %.0fs: %s",
+                url,
+                wait,
+                why,
+            )
+        return any(u not in self.excluded for u in self._opts.endpoints)
+
+    async def every_endpoint_refused(self, timeout: float) -> APIStatusError:
+        """The configuration error when no endpoint is left for the model: what each one
+        serves, asked now (what it said before may be what changed)."""
+
+        async def serves(url: str) -> str:
+            try:
+                info = await discover(
+                    self._http_session(),
+                    url,
+                    api_key=self._opts.api_key,
+                    timeout=min(5.0, timeout),
+                    ssl_context=self._ssl,
+                )
+            except Exception as e:  # the message is still useful without the list
+                logger.debug("could not list the models served at %s: %s", url, e)
+                return f"{url}: {self.excluded.get(url, 'refused')}"
+            return f"{url} serves {', '.join(m.id for m in info.models) or 'no model listed'}"
+
+        where = await asyncio.gather(*(serves(u) for u in self._opts.endpoints))
+        return APIStatusError(
+            f"no vLLM endpoint serves model {self._opts.model!r} (the last one left refused "
+            f"the session with model_not_found): {'; '.join(where)}. Set model= (or "
+            f"{ENV_MODEL}) to a served name, or serve that model on the replicas",
+            status_code=404,
+            retryable=False,
+        )
 
     def start(self, url: str) -> asyncio.Task[ServerInfo]:
         """Ask ``url`` about itself, unless a question is under way or was answered."""
@@ -179,6 +249,8 @@ class ServerFacts:
                 ", ".join(m.id for m in info.models) + ")"
             )
         if problem is None:
+            self._refusals.served(url)
+            self._refused.pop(url, None)
             if self.excluded.pop(url, None) is not None:
                 logger.info("vLLM endpoint %s is usable again", url)
         elif self.excluded.get(url) != problem:

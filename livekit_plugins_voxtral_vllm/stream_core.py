@@ -136,6 +136,7 @@ class _Lane:
     conn: RealtimeConnection | None = None  # None while the socket is connecting
     gen: _Generation | None = None
     fault: str | None = None  # a generation was lost on it
+    refused: str | None = None  # the server does not serve the model (refusal_failover)
 
 
 class StreamCore:
@@ -570,7 +571,7 @@ class StreamCore:
             if lane.conn is not None:
                 lane.conn.close()
                 self._collect(lane)
-            self._actions.append(CloseLane(lane_id, fault=lane.fault))
+            self._actions.append(CloseLane(lane_id, fault=lane.fault, refused=lane.refused))
 
     def _collect(self, lane: _Lane) -> None:
         if lane.conn is not None:
@@ -724,6 +725,9 @@ class StreamCore:
                     continue
                 lane.gen = None
                 lane.fault = ev.reason
+                if lane.refused is not None:  # not lost: it goes on another server
+                    self._continue_after_loss(gen, now, lane.refused)
+                    continue
                 self.stats.lost_generations += 1
                 self._losses += 1
                 logger.warning("generation %d lost: %s", gen.gid, ev.reason)
@@ -737,6 +741,11 @@ class StreamCore:
             elif isinstance(ev, ServerErrorReceived):
                 self.stats.server_errors += 1
                 if ev.kind is ErrorKind.CONFIGURATION:
+                    if lane.refused is not None:
+                        continue  # (the commits after it: model_not_validated)
+                    if self._opts.refusal_failover and ev.code is ErrorCode.MODEL_NOT_FOUND:
+                        lane.refused = lane.fault = ev.message
+                        continue  # retired below; its generation (failed next) goes elsewhere
                     self._fail(describe_refusal(ev.code, ev.message), True, ev.code)
                     return
                 if ev.kind is ErrorKind.CLIENT_BUG:
@@ -751,6 +760,8 @@ class StreamCore:
             elif isinstance(ev, SessionCreated):
                 self._connect_failures = 0
                 logger.debug("lane %d: vLLM session %s", lane.lane, ev.session_id)
+        if lane.refused is not None and lane.gen is None:
+            self._retire_lane(lane.lane)
         if assign and changed and not self._failed:
             self._assign(now)
 

@@ -358,7 +358,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
             return
         self._warm.open(
             lambda url: self._connect_ws(self._opts, DEFAULT_API_CONNECT_OPTIONS.timeout, url=url),
-            skip=self._facts.excluded,
+            skip=self._facts.skipped(asyncio.get_running_loop().time()),
         )
 
     async def aclose(self) -> None:
@@ -460,7 +460,7 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         seg = CaptionSegmenter(SegmenterOptions(1e9, 1e9, 1e9))
         seg.start_generation(0.0)
         loop = asyncio.get_running_loop()
-        choice = self._pool.choose(loop.time(), skip=self._facts.excluded)
+        choice = self._pool.choose(loop.time(), skip=self._facts.skipped(loop.time()))
         url = choice.url if choice is not None else opts.base_url
         try:
             ws = await self._connect_ws(opts, conn_options.timeout, url=url)
@@ -504,6 +504,12 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
                     elif isinstance(ev, GenerationFailed):
                         raise APIConnectionError(f"vLLM lost the generation: {ev.reason}")
                     elif isinstance(ev, ServerErrorReceived) and conn.failure is not None:
+                        if (
+                            len(opts.endpoints) > 1
+                            and ev.code is ErrorCode.MODEL_NOT_FOUND
+                            and self._facts.model_refused(url, loop.time())
+                        ):  # LiveKit retries; the next try goes to another replica
+                            raise APIConnectionError(f"{url} does not serve {opts.model!r}")
                         raise await self._refusal_error(
                             protocol.describe_refusal(ev.code, ev.message),
                             ev.code,
@@ -657,6 +663,7 @@ class SpeechStream(stt.RecognizeStream):
                     max_outage_s=opts.max_outage_s,
                     abort_on_close=abort_on_close,
                     warm_lanes=1 if opts.socket_mode == "warm" else 0,
+                    refusal_failover=len(opts.endpoints) > 1,
                     segmenter=opts.segmenter,
                     rut=opts.rut,
                 )
@@ -689,6 +696,10 @@ class SpeechStream(stt.RecognizeStream):
             except ConfigurationFailure as e:
                 raise await self._stt_impl._refusal_error(
                     str(e), e.code, self._conn_options.timeout, self._endpoint
+                ) from None
+            except _EveryEndpointRefused:
+                raise await self._stt_impl._facts.every_endpoint_refused(
+                    self._conn_options.timeout
                 ) from None
         finally:
             if self._timer is not None:
@@ -891,7 +902,9 @@ class SpeechStream(stt.RecognizeStream):
             elif isinstance(action, CloseLane):
                 lane = self._lanes.pop(action.lane, None)
                 if lane is not None:
-                    if action.fault is not None and lane.endpoint is not None:
+                    if action.refused is not None and lane.endpoint is not None:
+                        self._refused_by(lane.endpoint)
+                    elif action.fault is not None and lane.endpoint is not None:
                         # the server lost a generation or stopped answering on it
                         self._endpoint_failed(lane.endpoint, action.fault)
                     lane.close()
@@ -1077,7 +1090,8 @@ class SpeechStream(stt.RecognizeStream):
         loop = asyncio.get_running_loop()
         url = self._endpoint
         for _ in range(len(pool.urls) + 1):
-            choice = pool.choose(loop.time(), prefer=self._endpoint, skip=stt_impl._facts.excluded)
+            now = loop.time()
+            choice = pool.choose(now, prefer=self._endpoint, skip=stt_impl._facts.skipped(now))
             if choice is None:
                 raise self._last_refusal or no_usable_endpoint(stt_impl._facts.excluded)
             url = choice.url
@@ -1109,6 +1123,19 @@ class SpeechStream(stt.RecognizeStream):
                     lane.task.cancel()
                 self._lane_lost(lane, f"{url} failed ({reason})")
 
+    def _refused_by(self, url: str) -> None:
+        """``url`` refused the session for the model (several endpoints): the core already
+        moves the generation to a new lane; the next socket goes elsewhere, or, when no
+        endpoint serves the model, the stream fails."""
+        if not self._stt_impl._facts.model_refused(url, asyncio.get_running_loop().time()):
+            self._finish(_EveryEndpointRefused())
+            return
+        for lane in list(self._lanes.values()):  # still connecting there: it would refuse too
+            if lane.endpoint == url and lane.ws is None and not lane.closed:
+                if lane.task is not None:
+                    lane.task.cancel()
+                self._lane_lost(lane, f"{url} does not serve the model")
+
     def _exclude(self, url: str, err: APIStatusError) -> bool:
         """With several endpoints, one that refuses this stream for good (HTTP 401/403/404,
         not vLLM) is skipped and the stream goes on elsewhere. False with one endpoint, or
@@ -1128,3 +1155,7 @@ class SpeechStream(stt.RecognizeStream):
             lane.closed = True
             core.lane_lost(lane.lane, asyncio.get_running_loop().time(), reason)
             self._pump()
+
+
+class _EveryEndpointRefused(Exception):
+    """Marker: no endpoint is left that serves the model; _run turns it into APIStatusError."""

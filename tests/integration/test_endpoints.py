@@ -192,3 +192,87 @@ async def test_max_outage_counts_every_endpoint_down(
     finally:
         await engine.aclose()
     assert loop.time() - started >= 1.0
+
+
+# -- a replica that refuses the model (model_not_found) ------------------------------------------
+
+
+async def test_a_replica_refusing_the_model_is_skipped_and_the_stream_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bad deploy after discovery: one replica now serves another model and answers
+    session.update with model_not_found. The refused utterance goes to the other replica,
+    every word once; the replica is skipped for a cooldown and logged once, not fatal."""
+    async with VLLMRealtimeEmulator(fast=True) as bad, VLLMRealtimeEmulator(fast=True) as good:
+        sp = speech()
+        engine = STT(base_url=[bad.url, good.url])
+        try:
+            run = await transcribe(engine, frames_of(sp, 20), conn_options=CONN)  # discovery
+            assert normalize(run.text) == normalize(sp.text)  # type: ignore[attr-defined]
+            bad.served_model_names = ("someone/else",)  # the bad deploy
+            before = sessions(bad)
+            # make the next stream start on the bad replica
+            engine._pool.failed(good.url, asyncio.get_running_loop().time(), "test")
+            with caplog.at_level("INFO", logger="livekit.plugins.voxtral_vllm"):
+                refused = 0
+                for i in range(3):
+                    run = await transcribe(engine, frames_of(sp, 20), conn_options=CONN)
+                    assert normalize(run.text) == normalize(sp.text)  # type: ignore[attr-defined]
+                    assert run.stream is not None
+                    assert run.stream.stats.lost_generations == 0  # type: ignore[attr-defined]
+                    assert run.stream.endpoint == good.url  # type: ignore[attr-defined]
+                    if i == 0:
+                        refused = sessions(bad) - before
+        finally:
+            await engine.aclose()
+    # refused on the sockets opened before the first refusal came (one per lane), then skipped
+    assert 1 <= refused <= 2 and sessions(bad) - before == refused
+    skipped = [r for r in caplog.records if "skipping vLLM endpoint" in r.getMessage()]
+    assert len(skipped) == 1 and skipped[0].levelname == "WARNING"
+    assert bad.url in skipped[0].getMessage() and MODEL in skipped[0].getMessage()
+    assert "model_not_found" in skipped[0].getMessage()
+
+
+async def test_a_refusing_replica_is_tried_again_after_its_cooldown() -> None:
+    async with (
+        VLLMRealtimeEmulator(fast=True, served_model_name="someone/else") as bad,
+        VLLMRealtimeEmulator(fast=True) as good,
+    ):
+        sp = speech()
+        engine = STT(base_url=[bad.url, good.url], discover_server=False, endpoint_cooldown_s=0.3)
+        loop = asyncio.get_running_loop()
+        try:
+            engine._pool.failed(good.url, loop.time(), "test")
+            run = await transcribe(engine, frames_of(sp, 20), conn_options=CONN)
+            assert normalize(run.text) == normalize(sp.text)  # type: ignore[attr-defined]
+            assert 1 <= sessions(bad) <= 2 and bad.url in engine._facts.excluded
+            bad.served_model_names = (MODEL,)  # the deploy is fixed
+            await asyncio.sleep(0.4)
+            engine._pool.failed(good.url, loop.time(), "test")
+            run = await transcribe(engine, frames_of(sp, 20), conn_options=CONN)
+            assert normalize(run.text) == normalize(sp.text)  # type: ignore[attr-defined]
+            assert run.stream is not None and run.stream.endpoint == bad.url  # type: ignore[attr-defined]
+            assert bad.url not in engine._facts.excluded
+        finally:
+            await engine.aclose()
+
+
+async def test_every_replica_refusing_the_model_is_a_configuration_error() -> None:
+    """No discovery up front: both replicas refuse the session; the error names the model,
+    each replica and what each serves (asked when the stream fails)."""
+    async with (
+        VLLMRealtimeEmulator(fast=True, served_model_name="x/one") as one,
+        VLLMRealtimeEmulator(fast=True, served_model_name="x/two") as two,
+    ):
+        engine = STT(base_url=[one.url, two.url], discover_server=False)
+        try:
+            with pytest.raises(APIStatusError) as err:
+                await transcribe(engine, frames_of(speech(), 20), conn_options=CONN)  # type: ignore[arg-type]
+        finally:
+            await engine.aclose()
+        assert 1 <= sessions(one) <= 2 and 1 <= sessions(two) <= 2  # (a lane each, no loop)
+    msg = str(err.value)
+    assert not err.value.retryable and err.value.status_code == 404
+    assert f"no vLLM endpoint serves model {MODEL!r}" in msg
+    assert f"{one.url} serves x/one" in msg and f"{two.url} serves x/two" in msg
+    assert "model=" in msg

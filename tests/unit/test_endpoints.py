@@ -10,6 +10,7 @@ from livekit_plugins_voxtral_vllm.endpoints import (
     Choice,
     EndpointPool,
     EndpointState,
+    ModelRefusals,
     parse_endpoints,
 )
 
@@ -139,3 +140,18 @@ class TestChoose:
             EndpointPool([A, A])
         with pytest.raises(ValueError, match="cooldown_s"):
             EndpointPool([A], cooldown_s=0)
+
+
+# -- ModelRefusals: replicas that do not serve the model -----------------------------------------
+
+
+def test_a_refusal_keeps_the_endpoint_out_for_a_doubling_cooldown() -> None:
+
+    r = ModelRefusals(cooldown_s=5.0, max_cooldown_s=12.0)
+    assert r.refused("a", 0.0) == 5.0 and r.strikes("a") == 1
+    assert r.expired(4.9) == []
+    assert r.expired(5.0) == ["a"] and r.expired(6.0) == []  # once
+    assert r.refused("a", 6.0) == 10.0 and r.refused("a", 20.0) == 12.0  # capped
+    assert r.expired(31.9) == [] and r.expired(32.0) == ["a"]
+    r.served("a")
+    assert r.strikes("a") == 0 and r.refused("a", 40.0) == 5.0

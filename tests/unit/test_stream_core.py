@@ -56,6 +56,7 @@ class Harness:
     all_engines: list[RealtimeEngine] = field(default_factory=list)
     events: list[object] = field(default_factory=list)
     failed: StreamFailed | None = None
+    closed: list[CloseLane] = field(default_factory=list)
     refuse_connects: bool = False
     step_budget: int | None = None  # engine steps per pump (None: all runnable)
     frozen: set[int] = field(default_factory=set)  # lanes whose engine does not step
@@ -98,6 +99,7 @@ class Harness:
                     for frame in action.frames:
                         engine.receive_text(frame, self.now)
                 elif isinstance(action, CloseLane):
+                    self.closed.append(action)
                     engine_or_none = self.engines.pop(action.lane, None)
                     if engine_or_none is not None:
                         engine_or_none.disconnect(self.now)
@@ -342,6 +344,37 @@ def test_wrong_model_fails_as_configuration() -> None:
     assert "not-served" in h.failed.message
     with pytest.raises(InvalidState):
         h.core.resume(h.now)
+
+
+def test_with_refusal_failover_a_wrong_model_closes_the_lane_and_the_stream_goes_on() -> None:
+    """Several servers: the first socket's server does not serve the model (a bad deploy);
+    the lane is closed as refused and the utterance goes on a new lane (another server, for
+    the glue), every word once, nothing counted as lost."""
+
+    def first_serves_another(engine: RealtimeEngine, index: int) -> None:
+        if index == 0:
+            engine.served_model_names = ("someone/else",)
+
+    h = harness(refusal_failover=True, on_engine=first_serves_another)
+    speech = synthesize("hello world the meeting starts now")
+    h.push(speech.samples)
+    h.push(np.zeros(SAMPLE_RATE, dtype=np.int16))
+    h.end()
+    assert h.failed is None
+    assert words(h.text) == words(speech.text)
+    refused = [c for c in h.closed if c.refused]
+    assert len(refused) == 1 and "does not exist" in (refused[0].refused or "")
+    assert h.core.stats.lost_generations == 0 and len(h.all_engines) == 2
+
+
+def test_without_refusal_failover_a_wrong_model_still_fails_the_stream() -> None:
+    def first_serves_another(engine: RealtimeEngine, index: int) -> None:
+        engine.served_model_names = ("someone/else",)
+
+    h = harness(on_engine=first_serves_another)
+    h.push(synthesize("hello").samples)
+    assert h.failed is not None and h.failed.configuration
+    assert h.failed.code is ErrorCode.MODEL_NOT_FOUND
 
 
 def test_refused_connections_fail_after_the_budget_then_resume() -> None:
