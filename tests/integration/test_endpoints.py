@@ -276,3 +276,19 @@ async def test_every_replica_refusing_the_model_is_a_configuration_error() -> No
     assert f"no vLLM endpoint serves model {MODEL!r}" in msg
     assert f"{one.url} serves x/one" in msg and f"{two.url} serves x/two" in msg
     assert "model=" in msg
+
+
+async def test_recognize_retries_on_another_replica_when_one_refuses_the_model() -> None:
+    async with (
+        VLLMRealtimeEmulator(fast=True, served_model_name="someone/else") as bad,
+        VLLMRealtimeEmulator(fast=True) as good,
+    ):
+        sp = speech("hello world . good morning everyone .")
+        engine = STT(base_url=[bad.url, good.url], discover_server=False)
+        try:
+            engine._pool.failed(good.url, asyncio.get_running_loop().time(), "test")
+            ev = await engine.recognize(frames_of(sp, 20), conn_options=CONN)  # type: ignore[arg-type]
+        finally:
+            await engine.aclose()
+        assert sessions(bad) == 1 and sessions(good) == 1
+    assert normalize(ev.alternatives[0].text) == normalize(sp.text)  # type: ignore[attr-defined]
