@@ -570,10 +570,19 @@ class CaptionSegmenter:
             if not cur.wordish and _wordish(ch):
                 self._promote(cur, token_s)
             return True
-        # (next to a script without spaces, no space)
-        closed = closed and kind is not CharKind.SOLO and not last_solo
+        # (next to a script without spaces, no space; nor after digits or emoji written with
+        # no space in such a script: "公园2026" + "😀" is "公园2026😀")
+        closed = closed and kind is not CharKind.SOLO and not last_solo and not self._glued(cur)
         self._new_word(ch, (spaced or closed) and cur is not None, token_s, raw_pos, events)
         return True
+
+    def _glued(self, draft: _Draft | None) -> bool:
+        """Whether ``draft`` was written with no space after a script without spaces."""
+        return (
+            draft is not None
+            and not draft.spaced
+            and any(char_kind(c) is CharKind.SOLO for c in self._text)
+        )
 
     def _new_word(
         self, text: str, spaced: bool, token_s: float, raw_pos: int, events: list[CaptionEvent]
@@ -703,14 +712,15 @@ class CaptionSegmenter:
                 self._place()
                 # Characters of a script without spaces that came right behind each other
                 # may be one word however the onsets split them: replay them all.
-                while idx > 0 and self._solo_chain(idx):
+                while idx > 0 and (self._solo_chain(idx) or self._glued_before(idx)):
                     idx -= 1
-                if idx > 1 and self._solo_meet(idx) and self._solo_chain(idx - 1):
+                while idx > 1 and self._solo_meet(idx) and self._solo_chain(idx - 1):
                     # The unit before it was split off its run by an onset, which may be
                     # this word's instead (the run's last character still coming out when
-                    # this word began): that run is replayed too, from before its start.
+                    # this word began): that run is replayed too, from before its start
+                    # (and so on, while the run's head is in the same case).
                     idx -= 1
-                    while idx > 0 and self._solo_chain(idx):
+                    while idx > 0 and (self._solo_chain(idx) or self._glued_before(idx)):
                         idx -= 1
                 kept = [w for w in self._words if w.unit < idx]
                 dropped, cut_from = units[idx], idx
@@ -768,12 +778,21 @@ class CaptionSegmenter:
         if prev.generation != unit.generation:
             return False
         # (onsets do not settle it: when the output backs up, a word's last characters come
-        # out after the next word began)
+        # out after the next word began). A unit starts with no space only next to a script
+        # without spaces; digits and emoji there ("会议😀2026") meet the same way.
         first = next(w for w in self._words if w.unit == idx)
+        return not first.spaced
+
+    def _glued_before(self, idx: int) -> bool:
+        """Whether unit ``idx`` meets unit ``idx - 1`` with no space and that unit ends in
+        digits, letters or emoji written with no space after a script without spaces: such
+        a run can be several spoken words ("😀2026 2026" comes out as "😀20262026"), and
+        its first token tells only where the first of them ended. It is replayed with the
+        word after it."""
+        if not self._solo_meet(idx):
+            return False
         last = [w for w in self._words if w.unit == idx - 1][-1]
-        return char_kind(first.text[0]) is CharKind.SOLO and (
-            char_kind(last.text[-1]) is CharKind.SOLO
-        )
+        return not last.spaced and char_kind(last.text[-1]) is CharKind.TEXT
 
     def peek_resume(self, *, keep_incomplete: bool = False) -> ResumePoint:
         """Where :meth:`roll_over` or :meth:`continue_generation` would resume (with the

@@ -95,6 +95,9 @@ __all__ = [
 ]
 
 _MS = SAMPLE_RATE // 1000
+# A generation about to reach its allowance ends at the quietest point of its last this-many
+# ms of audio (held back until all of it is here).
+_SPLIT_WINDOW_MS = 480
 _AT_LIMIT = "rollover at the limit"
 
 
@@ -128,6 +131,7 @@ class _Generation:
     finished: bool = False
     last_activity: float = 0.0
     full: bool = False  # sent all max_model_len allows; hands over at its end
+    handed_over: bool = False  # split at its allowance: the next one carries its caption on
 
 
 @dataclass(eq=False)
@@ -635,13 +639,20 @@ class StreamCore:
                 return
             gen.start = gen.sent_until = self._history.start
         until = self._history.end if gen.end is None else min(gen.end, self._history.end)
-        if (room := self._room) is not None and until >= gen.start + room:
+        if (room := self._room) is not None and (gen.end is None or gen.end > gen.start + room):
             # A generation must not run past max_model_len: it takes audio up to a quiet
             # point near its allowance, then hands the rest to the next (_check_capacity).
+            # The last stretch before the allowance is held back until all of it is here, so
+            # the quiet point can be anywhere in it (a word already sent in part would be cut
+            # between two generations, and neither would hear it whole).
             cap_at = gen.start + room
-            lo = max(gen.sent_until, cap_at - 300 * _MS)
-            until = self._history.quietest(lo, cap_at) if cap_at > lo else cap_at
-            gen.full = True
+            window = max(gen.start, cap_at - _SPLIT_WINDOW_MS * _MS)
+            if until >= cap_at:
+                lo = max(gen.sent_until, window)
+                until = self._history.quietest(lo, cap_at) if cap_at > lo else cap_at
+                gen.full = True
+            else:
+                until = min(until, max(window, gen.sent_until))
         sent = until > gen.sent_until
         if sent:
             audio = self._history.slice(gen.sent_until, until)
@@ -791,6 +802,11 @@ class StreamCore:
                 transcribed_end = gen.start + ev.steps * STEP_SAMPLES
                 keep = self._no_progress(gen, transcribed_end, gen.sent_until)
                 captions, resume = seg.continue_generation(ev.text, keep_incomplete=keep)
+            elif gen.handed_over:
+                # Split at a quiet point at its allowance: its words are whole, and the
+                # caption stays open, like after a rollover, so the next generation's first
+                # tokens (the punctuation of its last word) join it.
+                captions, _ = seg.continue_generation(ev.text, keep_incomplete=True)
             else:
                 end_s = (gen.start + ev.steps * STEP_SAMPLES) / SAMPLE_RATE
                 captions = seg.finish_generation(ev.text, end_s)
@@ -1073,6 +1089,7 @@ class StreamCore:
             # found a pause after a word: dense tokens, a backed-up output): it finishes
             # normally with all it heard, and the next generation takes the audio from there.
             self.stats.rollovers += 1
+            gen.handed_over = True
             self._split_at(gen, conn, gen.sent_until, now, "its allowance is used")
             return
         if conn.lag_steps > 2:
