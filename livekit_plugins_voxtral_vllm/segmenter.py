@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from .errors import InvalidState, LocalProtocolError
 from .log import logger
 from .protocol import STEP_SECONDS
-from .words import CharKind, Unit, assign_onsets, char_kind, place_units, utf8_len
+from .words import (
+    CharKind,
+    Unit,
+    assign_onsets,
+    char_kind,
+    place_units,
+    show_units,
+    utf8_len,
+)
 
 __all__ = [
     "SegmenterOptions",
@@ -49,6 +57,11 @@ _MIN_WORD_LEN_S = 0.12
 # Step times are sums of 0.08 in float: absorb the rounding when comparing durations.
 _EPS = 1e-6
 _MAX_ONSETS = 32
+# A unit's first token may have been back-dated a step or two (see receive_delta): for the
+# shown times, any onset before it can be the unit's own.
+_SHOW_MIN_LEN_S = 0.0
+# An onset this soon after a word followed by punctuation may be the punctuation's pause.
+_PUNCT_SOUND_S = 0.3
 _SENTENCE_END = frozenset(".?!…。？！")
 _CLOSERS = "\"'”’)]»"
 # Attached to the word before when no space precedes them; with no word open, they start one
@@ -140,10 +153,22 @@ _DEFAULT_OPTIONS = SegmenterOptions()
 class _Draft:
     """A word of the open segment; it may still grow."""
 
-    __slots__ = ("text", "spaced", "unit", "slot", "wordish", "start_s", "end_s", "punct_s")
+    __slots__ = (
+        "text",
+        "spaced",
+        "unit",
+        "slot",
+        "wordish",
+        "start_s",
+        "end_s",
+        "punct_s",
+        "token_start",
+    )
 
     def __init__(self, text: str, spaced: bool, unit: int, slot: int, wordish: bool) -> None:
         self.text = text
+        # began a token (a later character of the same token is most likely the same word)
+        self.token_start = True
         self.spaced = spaced  # written after a space in the caption
         self.unit = unit  # index of its unit in the open segment
         self.slot = slot  # index among the unit's words; -1 for a punctuation-only word
@@ -199,6 +224,13 @@ class CaptionSegmenter:
         self._units: list[_OpenUnit] = []
         self._seg_after_s = 0.0  # where the open segment's audio can begin
         self._seg_after_word = False  # ... right after a word (else a generation start)
+        # The same for the times shown in finals (see _show), which may be earlier than the
+        # conservative ones continuations cut at; and whether the last final ended with
+        # punctuation (the first onset after it may be a pause, not a word).
+        self._show_last_end: float | None = None
+        self._show_after_s = 0.0
+        self._show_after_word = False
+        self._show_lead_punct = False
         self._text = ""
         self._ends_sentence = False
         self._tail_complete = True
@@ -220,6 +252,7 @@ class CaptionSegmenter:
         self._last_token_s: float | None = None  # midpoint of the latest step with text
         self._space_pending = False
         self._space_s: float | None = None  # midpoint of the step that brought that space
+        self._token_open = False  # a character of the current delta was applied
         self._empty_steps = 0  # empty steps since the latest token
         self._raw: list[str] = []
         self._raw_len = 0
@@ -289,6 +322,9 @@ class CaptionSegmenter:
             last = self._last_final_end_s
             self._seg_after_word = last is not None and last >= start_s
             self._seg_after_s = last if last is not None and last >= start_s else start_s
+            shown = self._show_last_end
+            self._show_after_word = shown is not None and shown >= start_s
+            self._show_after_s = shown if shown is not None and shown >= start_s else start_s
 
     def receive_onset(self, at_s: float) -> None:
         """Hint from the endpointer: speech (re)started at ``at_s`` after a pause.
@@ -350,6 +386,7 @@ class CaptionSegmenter:
         first = True
         token_s = mid
         changed = False
+        self._token_open = False
         for i, ch in enumerate(delta):
             kind = char_kind(ch)
             if kind is CharKind.SPACE:
@@ -374,6 +411,7 @@ class CaptionSegmenter:
                     token_s = mid - min(self._empty_steps, utf8_len(ch) - 2) * STEP_SECONDS
                 first = False
             changed |= self._add_char(ch, kind, token_s, base + i, events)
+            self._token_open = True
             self._space_pending = self._word_closed = False
             self._token_at(mid)
         self._space_pending = delta[-1].isspace()
@@ -402,7 +440,7 @@ class CaptionSegmenter:
             InvalidState: no generation is open.
         """
         self._require_generation("split_generation")
-        return [self._finalise(self._raw_len)] if self._has_words() else []
+        return [self._finalise(self._raw_len, cut=True)] if self._has_words() else []
 
     def finish_generation(self, done_text: str | None, end_s: float) -> list[CaptionEvent]:
         """The generation ended: ``transcription.done`` carried ``done_text``, or it ended
@@ -491,7 +529,7 @@ class CaptionSegmenter:
         resume = self._cut_incomplete(keep_incomplete)
         events: list[CaptionEvent] = []
         if self._has_words():
-            events.append(self._finalise(self._raw_len))
+            events.append(self._finalise(self._raw_len, cut=True))
             end = self._gen_final_end_s
             resume = ResumePoint(
                 resume.resume_s if end is None else end, None, before_s=resume.before_s
@@ -621,7 +659,7 @@ class CaptionSegmenter:
         if not joins and self._words and token_s - self._seg_after_s > self._max_segment_s:
             self._place()
             if token_s - self._words[0].start_s > self._max_segment_s:
-                events.append(self._finalise(raw_pos))
+                events.append(self._finalise(raw_pos, cut=True))
                 spaced = False
         if not self._words:
             joins = False
@@ -644,6 +682,7 @@ class CaptionSegmenter:
             slot = len(cur_unit.weights)
             cur_unit.weights.append(1)
         self._words.append(_Draft(text, spaced, unit_idx, slot, wordish))
+        self._words[-1].token_start = not self._token_open
         if self._text and spaced:
             self._text += " " + text
         else:
@@ -849,24 +888,84 @@ class CaptionSegmenter:
                     self._last_segment -= 1
                 self._segment = None
 
-    def _finalise(self, raw_end: int) -> CaptionFinal:
-        """Close the open segment (it has words); ``raw_end`` = raw characters it covers."""
+    def _finalise(self, raw_end: int, cut: bool = False) -> CaptionFinal:
+        """Close the open segment (it has words); ``raw_end`` = raw characters it covers;
+        ``cut``: it was closed while speech went on (not at a pause or a generation's end)."""
         assert self._segment is not None
         self._place()
-        words = tuple(Word(w.text, w.start_s, w.end_s) for w in self._words)
+        safe_end = self._words[-1].end_s
+        words = self._show(cut)
         final = CaptionFinal(self._segment, self._text, words[0].start_s, words[-1].end_s, words)
         self._segment = None
         self._drop_open_text()
         self._raw_final = raw_end
         if len(self._raw) > 1:  # one string, not one object per delta, in a day-long generation
             self._raw = ["".join(self._raw)]
-        self._last_final_end_s = final.end_s
-        self._gen_final_end_s = self._sound_end(final.end_s)
-        self._seg_after_s, self._seg_after_word = final.end_s, True
-        cut = bisect_right(self._onsets, final.end_s)
-        if cut:
-            del self._onsets[:cut]
+        # Continuations cut at the conservative end; the next caption's display times start
+        # after the shown one.
+        self._last_final_end_s = safe_end
+        self._gen_final_end_s = self._sound_end(safe_end)
+        self._seg_after_s, self._seg_after_word = safe_end, True
+        self._shown_after(final)
+        old = bisect_right(self._onsets, min(safe_end, final.end_s))
+        if old:
+            del self._onsets[:old]
         return final
+
+    def _shown_after(self, final: CaptionFinal) -> None:
+        self._show_last_end = final.end_s
+        self._show_after_s, self._show_after_word = final.end_s, True
+        tail = final.text.rstrip(_CLOSERS)
+        self._show_lead_punct = bool(tail) and char_kind(tail[-1]) is CharKind.PUNCT
+
+    def _show(self, cut: bool) -> tuple[Word, ...]:
+        """The open segment's words with the times shown in its final (after :meth:`_place`;
+        the units' times are then the shown ones: call it only as the segment closes).
+
+        Those from :meth:`_place` are conservative (a continuation cuts the audio at them);
+        these are the likeliest, from a monotone alignment of its units to the onsets
+        (:func:`~.words.show_units`), so words the model held back and released in a burst
+        are shown where they were spoken, not one or more words late. Never before the
+        previous final's words. ``cut``: later words' onsets may lie before its last token.
+        """
+        after = self._show_after_s
+        word_after = self._show_after_word
+        onsets = [o for o in self._onsets if o > after or (not word_after and o >= after)]
+        punct = [False] * len(self._units)
+        splits: list[list[bool]] = [[False] * len(u.weights) for u in self._units]
+        for draft in self._words:
+            if draft.punct_s is not None:
+                punct[draft.unit] = True
+            if draft.wordish:
+                splits[draft.unit][draft.slot] = draft.token_start
+        show_units(
+            self._units,
+            splits,
+            punct,
+            onsets,
+            after,
+            after_word=word_after,
+            settled=not cut,
+            # (the punctuation's pause, or tone, comes right after the word)
+            lead_punct=self._show_lead_punct
+            and word_after
+            and bool(onsets)
+            and onsets[0] <= after + _PUNCT_SOUND_S,
+            gap_s=_INTER_WORD_GAP_S,
+            min_len_s=_SHOW_MIN_LEN_S,
+            max_word_s=_MAX_WORD_S,
+        )
+        out: list[Word] = []
+        prev = after
+        for draft in self._words:
+            if draft.wordish:
+                unit = self._units[draft.unit]
+                start, end = unit.starts[draft.slot], unit.ends[draft.slot]
+            else:
+                start = end = prev
+            out.append(Word(draft.text, start, end))
+            prev = end
+        return tuple(out)
 
     def _reconcile(self, done_text: str, raw: str, end_s: float) -> CaptionFinal | None:
         """The final of the open segment, taken from ``done_text`` past what was finalised."""
@@ -917,4 +1016,5 @@ class CaptionSegmenter:
         self._raw_final = raw_end
         self._gen_final_end_s = self._last_final_end_s = final.end_s
         self._seg_after_s, self._seg_after_word = final.end_s, True
+        self._shown_after(final)
         return final

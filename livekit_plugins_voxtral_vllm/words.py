@@ -246,3 +246,256 @@ def _split(unit: Unit) -> None:
         t += span * w / total
         unit.ends.append(t)
     unit.ends[-1] = unit.end_s
+
+
+# -- display times -------------------------------------------------------------------------
+#
+# The times above are conservative: continuations cut the audio at them, so they lean towards
+# the latest onset before a token. After the model held text back, that onset is a later
+# word's, and every word of the burst is shown one or more words late. The captions' word
+# times come from a monotone alignment of units to onsets instead (:func:`align_display`),
+# which uses what the conservative rule cannot: the onsets come in the order of the words,
+# from the segment's start.
+
+# Costs of the alignment (only their order matters): an onset no unit explains (a noise,
+# or a sign that the words were matched one off), a unit with no onset (a word run into the
+# one before, with no pause the endpointer saw), a further onset inside a unit of several
+# words (characters of a script without spaces that came out in one run), an onset left over
+# after the last unit although it lies well before that unit's token (a word that should
+# have come out already; some do, behind a burst), an onset right after a word followed by
+# punctuation (a pause or, in the emulator's tone speech, the punctuation's own tone), and a
+# tie-break per second between a unit's onset and its first token (less delay is likelier).
+_SKIP_COST = 1.0
+_NONE_COST = 0.6
+_EXTRA_COST = 0.1
+_TRAIL_COST = 0.3
+_PUNCT_COST = 0.0
+_DELAY_COST = 0.02
+
+
+def align_display(
+    firsts: Sequence[float],
+    words: Sequence[int],
+    punct: Sequence[bool],
+    onsets: Sequence[float],
+    *,
+    contiguous: Sequence[bool] | None = None,
+    lead_punct: bool,
+    min_len_s: float,
+    settled: bool = True,
+) -> list[list[int]]:
+    """For each unit (``firsts``: its first token's step time; ``words``: how many words it
+    holds), the indices of the onsets that started its words (none, or one to ``words``, in
+    order): a monotone alignment at least cost (see the costs above).
+
+    A unit takes only onsets more than ``min_len_s`` before its first token (a word is heard
+    whole before it is written). ``punct[i]``: unit ``i`` ends with punctuation, so the onset
+    right after its own may be a pause or the punctuation's sound rather than a word;
+    ``lead_punct``: the same for the first onset (the caption before ended with punctuation).
+    ``contiguous[i]``: unit ``i`` came right behind the one before; one that came alone
+    (after empty steps) may skip, at no cost, onsets heard after the unit before came out
+    (they can only be its own: a false start, a breath), so it starts at the latest.
+    ``settled``: the units end at a pause or a generation's end, so an onset left over well
+    before the last unit's token is unlikely (else a caption cut inside speech: later words'
+    onsets are expected there). Cost O(units x onsets x words per unit).
+    """
+    n, m = len(firsts), len(onsets)
+    inf = math.inf
+    alone = [not c for c in contiguous] if contiguous is not None else [False] * n
+    alone.append(False)
+    # cost[i][j]: i units placed, j onsets used; back[i][j]: (previous j, onsets taken)
+    cost = [[inf] * (m + 1) for _ in range(n + 1)]
+    back: list[list[tuple[int, int]]] = [[(0, 0)] * (m + 1) for _ in range(n + 1)]
+    cost[0][0] = 0.0
+    for i in range(n + 1):
+        row = cost[i]
+        nxt = cost[i + 1] if i < n else None
+        f = firsts[i] if i < n else 0.0
+        p = i < n and punct[i]
+        k = words[i] if i < n else 0
+        for j in range(m + 1):
+            c = row[j]
+            if c == inf:
+                continue
+            if j < m:  # onset j explains no unit
+                if i == 0:
+                    skip = _PUNCT_COST if (j == 0 and lead_punct) else _SKIP_COST
+                elif alone[i] and onsets[j] > firsts[i - 1]:
+                    skip = 0.0
+                else:
+                    skip = _SKIP_COST
+                if c + skip < row[j + 1]:
+                    row[j + 1] = c + skip
+                    back[i][j + 1] = (j, -1)
+            if nxt is None:
+                continue
+            if c + _NONE_COST < nxt[j]:  # unit i has no onset
+                nxt[j] = c + _NONE_COST
+                back[i + 1][j] = (j, 0)
+            if j >= m or onsets[j] >= f - min_len_s:
+                continue
+            took = c + _DELAY_COST * (f - onsets[j])
+            for t in range(1, k + 1):  # unit i's words start at onsets j .. j + t - 1
+                e = j + t
+                if e > m or onsets[e - 1] >= f - min_len_s:
+                    break
+                if took < nxt[e]:
+                    nxt[e] = took
+                    back[i + 1][e] = (j, t)
+                if p and e < m and took + _PUNCT_COST < nxt[e + 1]:
+                    # ... and the onset after them is its punctuation's
+                    nxt[e + 1] = took + _PUNCT_COST
+                    back[i + 1][e + 1] = (j, t)
+                took += _EXTRA_COST * (2 * t - 1)  # (t - 1)^2 in all
+    last = firsts[-1] - min_len_s if n else -inf
+    best, j = inf, 0
+    trail = sum(1 for o in onsets if o < last) if settled else 0
+    for e in range(m + 1):
+        total = cost[n][e] + _TRAIL_COST * max(0, trail - e)
+        if total < best:
+            best, j = total, e
+    out: list[list[int]] = [[] for _ in range(n)]
+    i = n
+    while i > 0:
+        pj, t = back[i][j]
+        if t >= 0:
+            out[i - 1] = list(range(pj, pj + t))
+            i -= 1
+        j = pj
+    return out
+
+
+def show_units(
+    units: Sequence[Unit],
+    splits: Sequence[Sequence[bool]],
+    punct: Sequence[bool],
+    onsets: Sequence[float],
+    after_s: float,
+    *,
+    after_word: bool,
+    settled: bool,
+    lead_punct: bool,
+    gap_s: float,
+    min_len_s: float,
+    max_word_s: float,
+) -> None:
+    """Set the units' display times (``starts``, ``ends``, ``start_s``, ``end_s``) in
+    place, replacing the conservative ones of :func:`place_units`; non-decreasing.
+
+    Units take onsets by :func:`align_display`. A unit with onsets starts at the first and
+    ends by its first token, and before the next onset (the next stretch of sound began). A
+    unit whose words took several onsets (characters of a script without spaces that came
+    out in one run) shares them among its words in order, as evenly as their number allows,
+    a new group only at a word that began a token (``splits[unit][word]``). Units with no
+    onset that came right behind the one before (a burst) share the span from that unit's
+    onset to the run's last token (or the next onset a unit took) by their length; one that
+    came alone ends by its token and starts at most ``max_word_s`` a word before it, never
+    before the previous word's end plus ``gap_s``.
+    """
+    n = len(units)
+    idx = align_display(
+        [u.first_s for u in units],
+        [max(1, sum(1 for b in sp[1:] if b) + 1) for sp in splits],
+        punct,
+        onsets,
+        contiguous=[u.contiguous for u in units],
+        lead_punct=lead_punct,
+        min_len_s=min_len_s,
+        settled=settled,
+    )
+    prev_end = after_s
+    gap = gap_s if after_word else 0.0
+    i = 0
+    while i < n:
+        # a run: this unit and the burst of units with no onset right behind it
+        k = i + 1
+        while k < n and not idx[k] and units[k].contiguous:
+            k += 1
+        run = units[i:k]
+        head = idx[i]
+        end = run[-1].first_s
+        if head:
+            start = onsets[head[0]]
+            nxt: int | None = head[-1] + 1 if k - i == 1 else None
+            if nxt is None and k < n and idx[k]:
+                nxt = idx[k][0]
+            if nxt is not None and nxt < len(onsets):
+                end = min(end, onsets[nxt] - gap_s)
+        else:
+            words = sum(max(1, len(u.weights)) for u in run)
+            start = max(prev_end + gap, run[0].first_s - max_word_s * words)
+            if k < n and idx[k]:
+                end = min(end, onsets[idx[k][0]] - gap_s)
+        gap = gap_s
+        start = max(min(start, run[0].first_s), prev_end)
+        end = max(end, start + _MIN_WORD_S * len(run))
+        if head and len(head) > 1:
+            unit = units[i]
+            marks = [max(onsets[o], start) for o in head] + [end]
+            for g in range(1, len(marks)):
+                marks[g] = max(marks[g], marks[g - 1])
+            unit.starts, unit.ends = [], []
+            _groups(unit, splits[i], marks, gap_s, (unit.starts, unit.ends))
+            unit.start_s, unit.end_s = unit.starts[0], unit.ends[-1]
+            prev_end = unit.end_s
+            i = k
+            continue
+        total = sum(max(1, sum(u.weights)) for u in run)
+        t = start
+        for r, u in enumerate(run):
+            share = (end - start) * max(1, sum(u.weights)) / total
+            u_end = end if r == len(run) - 1 else min(u.first_s, t + share)
+            u_end = max(u_end, t + _MIN_WORD_S)
+            u.starts, u.ends = [], []
+            _spread(u.weights or [1], t, u_end, (u.starts, u.ends))
+            u.start_s, u.end_s = t, u_end
+            t = u_end
+        prev_end = t
+        i = k
+
+
+def _spread(
+    weights: Sequence[int], start: float, end: float, into: tuple[list[float], list[float]]
+) -> None:
+    starts, ends = into
+    total = sum(weights)
+    t = start
+    for w in weights:
+        starts.append(t)
+        t += (end - start) * w / total
+        ends.append(t)
+    ends[-1] = end
+
+
+def _groups(
+    unit: Unit,
+    splits: Sequence[bool],
+    marks: Sequence[float],
+    gap_s: float,
+    into: tuple[list[float], list[float]],
+) -> None:
+    """Share a unit's words among ``len(marks) - 1`` onsets (``marks``: the onsets, then the
+    unit's end), in order, as evenly as their number allows, starting a group only at a word
+    that began a token (``splits``)."""
+    weights = unit.weights or [1]
+    groups = len(marks) - 1
+    k = len(weights)
+    cands = [w for w in range(1, k) if w < len(splits) and splits[w]]
+    bounds = [0]
+    for g in range(1, groups):
+        want = g * k / groups
+        left = groups - g  # boundaries still to place after this one, this one included
+        usable = [c for c in cands if c > bounds[-1]]
+        usable = usable[: max(1, len(usable) - left + 1)]
+        bounds.append(min(usable, key=lambda c: abs(c - want)) if usable else bounds[-1])
+    bounds.append(k)
+    t = marks[0]
+    for g in range(groups):
+        lo, hi = bounds[g], bounds[g + 1]
+        if hi == lo:
+            continue
+        start = max(marks[g], t)
+        end = marks[g + 1] - (gap_s if g + 1 < groups else 0.0)
+        end = max(end, start + _MIN_WORD_S)
+        _spread(weights[lo:hi], start, end, into)
+        t = end

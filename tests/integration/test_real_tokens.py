@@ -116,18 +116,22 @@ async def test_every_language_exact_with_honest_times(language: str) -> None:
 TOLERANCE = {"en": 0.15, "fr": 0.15, "de": 0.15, "es": 0.15, "zh": 0.3, "ja": 0.3}
 
 
+HELD_TOLERANCE = {"en": 0.15, "zh": 0.3}
+
+
 @pytest.mark.parametrize("language", ["en", "zh"])
 async def test_burst_after_held_text_keeps_honest_times(language: str) -> None:
     """The model holds text for a second and releases it one token per step: still every
-    word once, times in order and never squeezed into one step. (How close they stay is
-    measured in benchmarks/word_times.py: the 150 ms target is missed here.)"""
+    word once, times in order, never squeezed into one step, and shown where they were
+    spoken (benchmarks/word_times.py: 20 ms in English; Chinese characters of a burst that
+    came out as one run are grouped by the onsets with less certainty)."""
     async with VLLMRealtimeEmulator(fast=True, language=language) as emu:
         emu.hold_s = 1.0
         engine = STT(base_url=emu.url, language=language)
         speech = synthesize(SCRIPTS[language], language=language, sample_rate=48000)
         run = await transcribe(engine, frames_of(speech, 20))
         await engine.aclose()
-    check_run(run, speech, language, tolerance=1.2)
+    check_run(run, speech, language, tolerance=HELD_TOLERANCE[language])
     words = [w for ev in run.finals for w in ev.alternatives[0].words or []]
     assert all(w.end_time - w.start_time >= 0.02 for w in words)
 
