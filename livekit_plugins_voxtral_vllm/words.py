@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import math
 import unicodedata
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -271,6 +272,11 @@ _EXTRA_COST = 0.1
 _TRAIL_COST = 0.3
 _PUNCT_COST = 0.0
 _DELAY_COST = 0.02
+_BEAM = 3.0
+# A word lasts at most about this long per character, and a short one this long (slow speech
+# is 12-15 characters per second; for an end that only the word's token bounds).
+_MAX_CHAR_S = 0.1
+_MAX_SHORT_WORD_S = 0.3
 
 
 def align_display(
@@ -292,9 +298,9 @@ def align_display(
     whole before it is written). ``punct[i]``: unit ``i`` ends with punctuation, so the onset
     right after its own may be a pause or the punctuation's sound rather than a word;
     ``lead_punct``: the same for the first onset (the caption before ended with punctuation).
-    ``contiguous[i]``: unit ``i`` came right behind the one before; one that came alone
-    (after empty steps) may skip, at no cost, onsets heard after the unit before came out
-    (they can only be its own: a false start, a breath), so it starts at the latest.
+    ``contiguous[i]``: unit ``i`` came right behind the one before; one of one word that
+    came alone (after empty steps) may skip, at no cost, onsets heard after the unit before
+    came out (they can only be its own: a false start, a breath), so it starts at the latest.
     ``settled``: the units end at a pause or a generation's end, so an onset left over well
     before the last unit's token is unlikely (else a caption cut inside speech: later words'
     onsets are expected there). Cost O(units x onsets x words per unit).
@@ -307,20 +313,29 @@ def align_display(
     cost = [[inf] * (m + 1) for _ in range(n + 1)]
     back: list[list[tuple[int, int]]] = [[(0, 0)] * (m + 1) for _ in range(n + 1)]
     cost[0][0] = 0.0
+    lo, top = 0, 0  # the row's states lie between them
     for i in range(n + 1):
         row = cost[i]
         nxt = cost[i + 1] if i < n else None
         f = firsts[i] if i < n else 0.0
         p = i < n and punct[i]
         k = words[i] if i < n else 0
-        for j in range(m + 1):
+        # onsets unit i may take (an onset skipped here is one it could have taken; a later
+        # one is the next units' to skip, or left over)
+        usable = bisect_left(onsets, f - min_len_s) if i < n else 0
+        top = max(top, usable)
+        # (a state this much worse than the row's best is never on the best path)
+        cutoff = min(row[lo : top + 1]) + _BEAM
+        while row[lo] > cutoff:
+            lo += 1
+        for j in range(lo, top + 1):
             c = row[j]
-            if c == inf:
+            if c > cutoff:
                 continue
-            if j < m:  # onset j explains no unit
+            if j < usable:  # onset j explains no unit
                 if i == 0:
                     skip = _PUNCT_COST if (j == 0 and lead_punct) else _SKIP_COST
-                elif alone[i] and onsets[j] > firsts[i - 1]:
+                elif alone[i] and k == 1 and onsets[j] > firsts[i - 1]:
                     skip = 0.0
                 else:
                     skip = _SKIP_COST
@@ -332,13 +347,11 @@ def align_display(
             if c + _NONE_COST < nxt[j]:  # unit i has no onset
                 nxt[j] = c + _NONE_COST
                 back[i + 1][j] = (j, 0)
-            if j >= m or onsets[j] >= f - min_len_s:
+            if j >= usable:
                 continue
             took = c + _DELAY_COST * (f - onsets[j])
-            for t in range(1, k + 1):  # unit i's words start at onsets j .. j + t - 1
+            for t in range(1, min(k, usable - j) + 1):  # its words start at onsets j..j+t-1
                 e = j + t
-                if e > m or onsets[e - 1] >= f - min_len_s:
-                    break
                 if took < nxt[e]:
                     nxt[e] = took
                     back[i + 1][e] = (j, t)
@@ -347,10 +360,11 @@ def align_display(
                     nxt[e + 1] = took + _PUNCT_COST
                     back[i + 1][e + 1] = (j, t)
                 took += _EXTRA_COST * (2 * t - 1)  # (t - 1)^2 in all
+        top = min(m, top + 1)  # (a punctuation's onset after the last usable one)
     last = firsts[-1] - min_len_s if n else -inf
     best, j = inf, 0
     trail = sum(1 for o in onsets if o < last) if settled else 0
-    for e in range(m + 1):
+    for e in range(top + 1):
         total = cost[n][e] + _TRAIL_COST * max(0, trail - e)
         if total < best:
             best, j = total, e
@@ -409,7 +423,7 @@ def show_units(
     while i < n:
         # a run: this unit and the burst of units with no onset right behind it
         k = i + 1
-        while k < n and not idx[k] and units[k].contiguous:
+        while k < n and not idx[k] and units[k].contiguous and len(idx[i]) < 2:
             k += 1
         run = units[i:k]
         head = idx[i]
@@ -421,6 +435,9 @@ def show_units(
                 nxt = idx[k][0]
             if nxt is not None and nxt < len(onsets):
                 end = min(end, onsets[nxt] - gap_s)
+            # nothing else bounds it when the next onset is not known yet (a new utterance's
+            # comes with its generation), and a held word's token may come a second late
+            end = min(end, onsets[head[-1]] + sum(_spoken_s(u) for u in run))
         else:
             words = sum(max(1, len(u.weights)) for u in run)
             start = max(prev_end + gap, run[0].first_s - max_word_s * words)
@@ -428,7 +445,7 @@ def show_units(
                 end = min(end, onsets[idx[k][0]] - gap_s)
         gap = gap_s
         start = max(min(start, run[0].first_s), prev_end)
-        end = max(end, start + _MIN_WORD_S * len(run))
+        end = max(end, start + _MIN_WORD_S * sum(max(1, len(u.weights)) for u in run))
         if head and len(head) > 1:
             unit = units[i]
             marks = [max(onsets[o], start) for o in head] + [end]
@@ -445,13 +462,18 @@ def show_units(
         for r, u in enumerate(run):
             share = (end - start) * max(1, sum(u.weights)) / total
             u_end = end if r == len(run) - 1 else min(u.first_s, t + share)
-            u_end = max(u_end, t + _MIN_WORD_S)
+            u_end = max(u_end, t + _MIN_WORD_S * max(1, len(u.weights)))
             u.starts, u.ends = [], []
             _spread(u.weights or [1], t, u_end, (u.starts, u.ends))
             u.start_s, u.end_s = t, u_end
             t = u_end
         prev_end = t
         i = k
+
+
+def _spoken_s(unit: Unit) -> float:
+    """How long a unit's words can take to say, at most (for an end nothing else bounds)."""
+    return max(_MAX_SHORT_WORD_S, _MAX_CHAR_S * sum(unit.weights or [1]))
 
 
 def _spread(
@@ -496,6 +518,6 @@ def _groups(
             continue
         start = max(marks[g], t)
         end = marks[g + 1] - (gap_s if g + 1 < groups else 0.0)
-        end = max(end, start + _MIN_WORD_S)
+        end = max(end, start + _MIN_WORD_S * (hi - lo))
         _spread(weights[lo:hi], start, end, into)
         t = end
