@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
-import time
 import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -30,7 +29,6 @@ from livekit.agents import (
     APIConnectionError,
     APIConnectOptions,
     APIStatusError,
-    APITimeoutError,
     stt,
     utils,
 )
@@ -41,7 +39,6 @@ from livekit.agents.language import LanguageCode
 from livekit.agents.types import NOT_GIVEN, NotGivenOr, TimedString
 from livekit.agents.utils import AudioBuffer, is_given
 
-from . import protocol
 from .api_errors import (
     ConfigurationFailure,
     connect_errors,
@@ -57,13 +54,13 @@ from .endpointer import SpeechEnded as EpSpeechEnded
 from .endpointer import SpeechResumed as EpSpeechResumed
 from .endpointer import SpeechStarted as EpSpeechStarted
 from .endpoints import shared_pool
-from .events import DeltaReceived, GenerationFailed, GenerationFinished, ServerErrorReceived
 from .generation_cap import DEFAULT_MAX_GENERATION_S
 from .lane_io import LaneIO
 from .log import logger
 from .protocol import SAMPLE_RATE, ErrorCode
+from .recognize import buffer_audio, final_transcript, transcribe
 from .rut import DEFAULT_BLANK_RUT_S
-from .segmenter import CaptionFinal, CaptionSegmenter, SegmenterOptions
+from .segmenter import SegmenterOptions
 from .server_facts import ServerFacts
 from .stream_core import (
     BlankRut,
@@ -442,23 +439,16 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         language: NotGivenOr[str] = NOT_GIVEN,
         conn_options: APIConnectOptions,
     ) -> stt.SpeechEvent:
-        """One generation over the realtime endpoint, audio sent as fast as the socket takes."""
+        """One generation over the realtime endpoint, audio sent as fast as the socket takes
+        (``recognize.py``)."""
         opts = self._opts
         lang = language if is_given(language) else opts.language
-        frames = buffer if isinstance(buffer, list) else [buffer]
-        pipeline = AudioPipeline()
-        chunks: list[np.ndarray] = []
-        for frame in frames:
-            chunks.extend(pipeline.push_frame(frame))
-        chunks.extend(pipeline.flush())
-        audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        audio = buffer_audio(buffer)
         conn = RealtimeConnection(
             model=opts.model,
             language=lang or None,
             transcription_delay_ms=opts.transcription_delay_ms,
         )
-        seg = CaptionSegmenter(SegmenterOptions(1e9, 1e9, 1e9))
-        seg.start_generation(0.0)
         loop = asyncio.get_running_loop()
         choice = self._pool.choose(loop.time(), skip=self._facts.skipped(loop.time()))
         url = choice.url if choice is not None else opts.base_url
@@ -467,73 +457,28 @@ class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
         except APIConnectionError as e:  # LiveKit retries; the next try picks another server
             self._pool.failed(url, loop.time(), str(e))
             raise
-        finals: list[CaptionFinal] = []
-        usage: protocol.Usage | None = None
+
+        async def refused(message: str, code: ErrorCode | None) -> Exception:
+            if (
+                len(opts.endpoints) > 1
+                and code is ErrorCode.MODEL_NOT_FOUND
+                and self._facts.model_refused(url, loop.time())
+            ):  # LiveKit retries; the next try goes to another replica
+                return APIConnectionError(f"{url} does not serve {opts.model!r}")
+            return await self._refusal_error(message, code, conn_options.timeout)
+
         try:
-            conn.start_generation(time.monotonic())
-            if audio.size:
-                conn.send_audio(audio)
-            conn.finish_generation(time.monotonic())
-            for frame_text in conn.data_to_send():
-                await ws.send_str(frame_text)
-            deadline = time.monotonic() + max(conn_options.timeout, audio.size / SAMPLE_RATE)
-            done = False
-            while not done:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise APITimeoutError("vLLM did not finish the transcription in time")
-                msg = await ws.receive(timeout=remaining)
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    raise APIConnectionError(f"vLLM closed the connection ({msg.type.name})")
-                conn.receive_text(msg.data, time.monotonic())
-                for ev in conn.events_received():
-                    if isinstance(ev, DeltaReceived):
-                        end_s = (ev.step + 1) * protocol.STEP_SECONDS
-                        for cap in seg.receive_delta(ev.delta, end_s):
-                            if isinstance(cap, CaptionFinal):
-                                finals.append(cap)
-                    elif isinstance(ev, GenerationFinished):
-                        end_s = ev.steps * protocol.STEP_SECONDS
-                        finals.extend(
-                            c
-                            for c in seg.finish_generation(ev.text, end_s)
-                            if isinstance(c, CaptionFinal)
-                        )
-                        usage = ev.usage
-                        done = True
-                    elif isinstance(ev, GenerationFailed):
-                        raise APIConnectionError(f"vLLM lost the generation: {ev.reason}")
-                    elif isinstance(ev, ServerErrorReceived) and conn.failure is not None:
-                        if (
-                            len(opts.endpoints) > 1
-                            and ev.code is ErrorCode.MODEL_NOT_FOUND
-                            and self._facts.model_refused(url, loop.time())
-                        ):  # LiveKit retries; the next try goes to another replica
-                            raise APIConnectionError(f"{url} does not serve {opts.model!r}")
-                        raise await self._refusal_error(
-                            protocol.describe_refusal(ev.code, ev.message),
-                            ev.code,
-                            conn_options.timeout,
-                        )
-        except asyncio.TimeoutError as e:
-            raise APITimeoutError("vLLM did not finish the transcription in time") from e
+            finals, usage = await transcribe(
+                ws,
+                conn,
+                audio,
+                timeout=conn_options.timeout,
+                refusal=refused,
+            )
         finally:
             await ws.close()
-        words = [w for f in finals for w in f.words]
-        text = " ".join(f.text for f in finals)
-        data = stt.SpeechData(
-            language=LanguageCode(lang),
-            text=text,
-            start_time=finals[0].start_s if finals else 0.0,
-            end_time=finals[-1].end_s if finals else audio.size / SAMPLE_RATE,
-            words=[TimedString(w.text, start_time=w.start_s, end_time=w.end_s) for w in words],
-        )
         logger.debug("recognize: %d samples, usage %s", audio.size, usage)
-        return stt.SpeechEvent(
-            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
-            request_id=utils.shortuuid("vxr_"),
-            alternatives=[data],
-        )
+        return final_transcript(finals, language=lang, audio_samples=audio.size)
 
 
 class SpeechStream(stt.RecognizeStream):
