@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .connection import RealtimeConnection, first_step_samples, steps_for_samples
+from .context_budget import AT_LIMIT, ContextBudget
 from .core_types import (
     Action,
     BlankRut,
@@ -98,7 +99,6 @@ _MS = SAMPLE_RATE // 1000
 # A generation about to reach its allowance ends at the quietest point of its last this-many
 # ms of audio (held back until all of it is here).
 _SPLIT_WINDOW_MS = 480
-_AT_LIMIT = "rollover at the limit"
 
 
 # -- internal records ------------------------------------------------------------------------
@@ -175,17 +175,10 @@ class StreamCore:
         self._losses = 0  # generations lost in a row; reset by a requested done
         self._reconnect_at: float | None = None
         self._push_marks: collections.deque[tuple[int, float]] = collections.deque()
-        self._prompt_tokens = 33 + options.transcription_delay_ms // 80
         self._first_step = first_step_samples(options.transcription_delay_ms)
         # steps vLLM runs after ``final`` on its right padding (delay tokens + 1 + 10, §3.2)
         self._pad_steps = options.transcription_delay_ms // 80 + 11
-        # steps a generation may run in all (max_model_len less the prompt), and how much audio
-        # one may be sent and still finish, right padding included, three steps short of the
-        # limit; both None when max_model_len is unknown
-        self._cap_steps: int | None = None
-        self._room: int | None = None
-        self._no_pause_window = 12
-        self._set_limits()
+        self._budget = self._context_budget()  # max_model_len (context_budget.py)
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -371,7 +364,7 @@ class StreamCore:
         self._opts = dataclasses.replace(
             self._opts, max_model_len=max_model_len, abort_on_close=abort_on_close
         )
-        self._set_limits()
+        self._budget = self._context_budget()
 
     def update_options(self, *, language: str | None, segmenter: SegmenterOptions) -> None:
         """New language label (sent in ``session.update`` of new sockets) and segmentation,
@@ -639,7 +632,9 @@ class StreamCore:
                 return
             gen.start = gen.sent_until = self._history.start
         until = self._history.end if gen.end is None else min(gen.end, self._history.end)
-        if (room := self._room) is not None and (gen.end is None or gen.end > gen.start + room):
+        if (room := self._budget.room) is not None and (
+            gen.end is None or gen.end > gen.start + room
+        ):
             # A generation must not run past max_model_len: it takes audio up to a quiet
             # point near its allowance, then hands the rest to the next (_check_capacity).
             # The last stretch before the allowance is held back until all of it is here, so
@@ -1064,9 +1059,13 @@ class StreamCore:
         it kills the engine for every session). What counts is every step the generation will
         run once finished: the audio already sent (some still queued at the server) plus the
         right padding vLLM appends at ``final``."""
-        cap = self._cap_steps
+        budget = self._budget
         gen_cap = self._opts.generation_cap
-        if (cap is None and gen_cap is None) or not self._order or self._order[0] is not gen:
+        if (
+            (budget.room is None and gen_cap is None)
+            or not self._order
+            or self._order[0] is not gen
+        ):
             return
         if gen.phase is not _Phase.RUNNING:
             return
@@ -1082,7 +1081,7 @@ class StreamCore:
             if reason is not None:
                 self._roll_over(gen, now, reason=reason)
                 return
-        if cap is None:
+        if budget.room is None:
             return
         if gen.full and (gen.end is None or gen.end > gen.sent_until):
             # Its allowance is sent, up to a quiet point, and more audio waits (no rollover
@@ -1096,29 +1095,20 @@ class StreamCore:
             # The cut must fall in audio the server has transcribed; until it catches up,
             # _feed holds back whatever would not fit.
             return
-        committed = conn.expected_steps + self._pad_steps
-        if committed >= cap * self._opts.rollover_fraction and self._segmenter.open_segment is None:
-            self._roll_over(gen, now, reason="rollover at a pause")
-        elif committed >= cap - self._no_pause_window and conn.steps - gen.last_text_step > 2:
-            # No caption pause came: cut in the first short gap after a token, never between a
-            # word and the punctuation that follows it a step later.
-            self._roll_over(gen, now, reason="rollover (no pause came)")
-        elif committed >= cap - 3:
-            self._roll_over(gen, now, reason=_AT_LIMIT)
+        reason = budget.rollover_reason(
+            conn.expected_steps,
+            at_pause=self._segmenter.open_segment is None,
+            after_gap=conn.steps - gen.last_text_step > 2,
+        )
+        if reason is not None:
+            self._roll_over(gen, now, reason=reason)
 
-    def _set_limits(self) -> None:
-        # read on every step: computed once per max_model_len
-        if self._opts.max_model_len is None:
-            self._cap_steps = self._room = None
-            return
-        cap = max(1, self._opts.max_model_len - self._prompt_tokens)
-        steps = max(1, cap - 3 - self._pad_steps)
-        self._cap_steps = cap
-        # the last steps before the limit where a rollover no longer waits for a caption
-        # pause: never more than half of what a generation can take (small limits)
-        self._no_pause_window = min(max(12, cap // 20), max(1, steps // 2))
-        self._room = (
-            first_step_samples(self._opts.transcription_delay_ms) + (steps - 1) * STEP_SAMPLES
+    def _context_budget(self) -> ContextBudget:
+        return ContextBudget(
+            self._opts.max_model_len,
+            transcription_delay_ms=self._opts.transcription_delay_ms,
+            pad_steps=self._pad_steps,
+            rollover_fraction=self._opts.rollover_fraction,
         )
 
     def _check_lag(self, gen: _Generation, conn: RealtimeConnection, now: float) -> None:
@@ -1149,8 +1139,8 @@ class StreamCore:
             if self._resume_cut(gen, peek, transcribed_end, transcribed_end) <= (
                 gen.start + STEP_SAMPLES
             ):
-                room = self._room
-                full = reason == _AT_LIMIT or (
+                room = self._budget.room
+                full = reason == AT_LIMIT or (
                     room is not None and gen.sent_until - gen.start >= room
                 )
                 if not full or transcribed_end <= gen.start:
