@@ -42,6 +42,7 @@ from livekit_plugins_voxtral_vllm.audio import (
 )
 from livekit_plugins_voxtral_vllm.connection import steps_for_samples
 from livekit_plugins_voxtral_vllm.endpointer import Endpointer
+from livekit_plugins_voxtral_vllm.rut import RutOptions
 from livekit_plugins_voxtral_vllm.stream_core import CoreOptions, OpenLane, StreamCore
 
 RESULTS = Path(__file__).parent / "results" / "hot_path.json"
@@ -133,11 +134,15 @@ def full_path(
     return step
 
 
-def core_step(max_model_len: int | None) -> Callable[[], object]:
+def core_step(max_model_len: int | None, rut: bool = True) -> Callable[[], object]:
     """``StreamCore`` with a running generation: one 80 ms chunk in, its actions out, and the
-    (empty) deltas vLLM owes by then back, their actions out. With ``max_model_len`` set (to a
-    limit this run never reaches) the rollover budget is checked on every step."""
-    opts = CoreOptions(model="m", max_model_len=max_model_len)
+    deltas vLLM owes by then back, their actions out: empty, but for a word every 100 steps
+    (8 s). Only empty deltas for 10 s of speech would be the blank-token rut: the core would
+    abandon the generation and wait for a new socket that never comes here, and the loop
+    would time a stream with no generation. With ``max_model_len`` set (to a limit this run
+    never reaches) the rollover budget is checked on every step; ``rut=False`` turns the rut
+    detector off, to show what it costs."""
+    opts = CoreOptions(model="m", max_model_len=max_model_len, rut=RutOptions() if rut else None)
     core = StreamCore(opts)
     now = 0.0
     core.start(now)
@@ -156,10 +161,11 @@ def core_step(max_model_len: int | None) -> Callable[[], object]:
         pushed += protocol.STEP_SAMPLES
         core.actions()
         while steps < steps_for_samples(pushed, opts.transcription_delay_ms):
-            core.lane_received(lane, EMPTY_DELTA, now)
+            core.lane_received(lane, WORD_DELTA if steps % 100 == 99 else EMPTY_DELTA, now)
             steps += 1
         return core.actions()
 
+    step.core = core  # type: ignore[attr-defined]  # (checked after timing: it never rutted)
     return step
 
 
@@ -193,8 +199,13 @@ def run(target_s: float) -> list[Result]:
     add("parse_server_message (empty delta)", lambda: protocol.parse_server_message(EMPTY_DELTA))
     add("parse_server_message (word delta)", lambda: protocol.parse_server_message(WORD_DELTA))
 
-    add("StreamCore: chunk in, empty delta back", core_step(None))
-    add("StreamCore: same, with a max_model_len", core_step(10**8))
+    cores = [core_step(None), core_step(10**8), core_step(None, rut=False)]
+    add("StreamCore: chunk in, empty delta back", cores[0])
+    add("StreamCore: same, with a max_model_len", cores[1])
+    add("StreamCore: same, rut detection off", cores[2])
+    for fn in cores:  # the rows timed a running generation, not a rutted stream
+        stats = fn.core.stats  # type: ignore[attr-defined]
+        assert stats.blank_ruts == 0 and stats.generations == 1, stats
 
     speech = tone(4.0, 16000, 1)
     speech[::2] = 0  # some structure; the content barely matters for the cost
