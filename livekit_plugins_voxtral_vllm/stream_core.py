@@ -67,6 +67,7 @@ from .history import AudioHistory
 from .lag import LagWatch
 from .log import logger
 from .protocol import SAMPLE_RATE, STEP_SAMPLES, ErrorCode, ErrorKind, Usage, describe_refusal
+from .reconnect import ReconnectBackoff
 from .rut import RutDetector, RutSignal
 from .segmenter import (
     CaptionEvent,
@@ -170,10 +171,12 @@ class StreamCore:
         self._failed = False
         self._fatal = False
         self._last_audio_at: float | None = None
-        self._connect_failures = 0  # in a row; reset by a session.created
-        self._outage_since = 0.0
+        self._reconnects = ReconnectBackoff(
+            max_attempts=options.max_reconnects,
+            interval_s=options.reconnect_interval_s,
+            max_outage_s=options.max_outage_s,
+        )
         self._losses = 0  # generations lost in a row; reset by a requested done
-        self._reconnect_at: float | None = None
         self._push_marks: collections.deque[tuple[int, float]] = collections.deque()
         self._first_step = first_step_samples(options.transcription_delay_ms)
         # steps vLLM runs after ``final`` on its right padding (delay tokens + 1 + 10, §3.2)
@@ -229,8 +232,8 @@ class StreamCore:
     def get_timer(self) -> float | None:
         """The next ``now`` at which :meth:`handle_timer` must be called, if any."""
         deadlines: list[float] = []
-        if self._reconnect_at is not None:
-            deadlines.append(self._reconnect_at)
+        if self._reconnects.retry_at is not None:
+            deadlines.append(self._reconnects.retry_at)
         if self._live is not None and self._last_audio_at is not None:
             deadlines.append(self._last_audio_at + self._opts.input_stall_s)
         for lane in self._lanes.values():
@@ -340,9 +343,8 @@ class StreamCore:
                 gen, lane.gen = lane.gen, None
                 self._continue_after_loss(gen, now, "stream restarted")
         self._failed = False
-        self._connect_failures = 0
+        self._reconnects.reset()
         self._losses = 0
-        self._reconnect_at = None
         self._actions = [
             a
             for a in self._actions
@@ -395,8 +397,7 @@ class StreamCore:
     def handle_timer(self, now: float) -> None:
         if self._failed:
             return
-        if self._reconnect_at is not None and now >= self._reconnect_at:
-            self._reconnect_at = None
+        if self._reconnects.retry_due(now):
             self._assign(now)
             self._ensure_lanes(self._opts.warm_lanes)
         if self.stall_due(now):
@@ -445,7 +446,7 @@ class StreamCore:
         if lane is None:
             return
         if lane.conn is None or lane.conn.session_id is None:
-            self._connect_failures += 1
+            self._reconnects.connect_failed()
         self.stats.reconnects += 1
         self._drop_lane(lane_id, now, reason)
 
@@ -462,33 +463,21 @@ class StreamCore:
         if lane.gen is not None and lane.gen.phase is not _Phase.ENDED:
             gen, lane.gen = lane.gen, None
             self._continue_after_loss(gen, now, reason)
-        if self._connect_failures == 1:
-            self._outage_since = now
-        if (
-            self._connect_failures > self._opts.max_reconnects
-            and now - self._outage_since >= self._opts.max_outage_s
-        ):
-            self._fail(
-                f"could not reach the vLLM server for {now - self._outage_since:.0f}s "
-                f"({self._connect_failures} attempts; last: {reason})",
-                configuration=False,
-            )
+        reconnects = self._reconnects  # (reconnect.py)
+        reconnects.lane_dropped(now)
+        if reconnects.exhausted(now):
+            self._fail(reconnects.give_up_message(now, reason), configuration=False)
             return
-        if self._connect_failures and self._reconnect_at is None:
-            # A vLLM restart takes minutes (weights, compilation): keep trying, less often.
-            n = self._connect_failures
-            interval = self._opts.reconnect_interval_s
-            backoff = 0.1 if n == 1 else min(interval * 2 ** (n - 2), max(interval, 10.0))
-            self._reconnect_at = now + backoff
+        if reconnects.schedule_retry(now):
             return
         self._assign(now)
         self._ensure_lanes(self._opts.warm_lanes)
 
     def _ensure_lanes(self, wanted: int) -> None:
         """Open lanes until ``wanted`` exist (at most max_lanes), unless backing off."""
-        if self._failed or self._reconnect_at is not None:
+        if self._failed or self._reconnects.retry_at is not None:
             return
-        if self._connect_failures and any(ln.conn is None for ln in self._lanes.values()):
+        if self._reconnects.failures and any(ln.conn is None for ln in self._lanes.values()):
             return  # the server is not answering: one attempt at a time
         while len(self._lanes) < min(wanted, self._opts.max_lanes):
             lane_id = self._next_lane
@@ -764,7 +753,7 @@ class StreamCore:
                     extra={"lk.pii.data": ev.raw[:200]},
                 )
             elif isinstance(ev, SessionCreated):
-                self._connect_failures = 0
+                self._reconnects.connected()
                 logger.debug("lane %d: vLLM session %s", lane.lane, ev.session_id)
         if lane.refused is not None and lane.gen is None:
             self._retire_lane(lane.lane)

@@ -126,7 +126,7 @@ async def reconnected(stream: SpeechStream, timeout_s: float = 10.0) -> None:
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
         core = stream._core
-        if core is None or not core._connect_failures:
+        if core is None or not core._reconnects.failures:
             return
         await asyncio.sleep(0.01)
 
