@@ -41,7 +41,8 @@ from livekit.agents.utils import is_given
 
 from . import discovery
 from .discovery import ServerInfo, http_base, normalize_realtime_url
-from .stt import DEFAULT_BASE_URL, DEFAULT_MODEL, STT
+from .stt import STT
+from .stt_options import DEFAULT_BASE_URL, DEFAULT_MODEL, ENV_KEY, ENV_MODEL, ENV_URL
 from .version import __version__
 
 __all__ = [
@@ -65,9 +66,6 @@ EXIT_CONFIG = 5
 EXIT_INTERRUPTED = 130
 
 PROG = "voxtral-vllm"
-ENV_URL = "VOXTRAL_VLLM_BASE_URL"
-ENV_MODEL = "VOXTRAL_VLLM_MODEL"
-ENV_KEY = "VOXTRAL_VLLM_API_KEY"
 
 EMULATOR_NOTE = (
     "using the built-in vLLM EMULATOR (not a real model): it only transcribes the package's "
