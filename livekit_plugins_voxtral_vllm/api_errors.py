@@ -36,6 +36,7 @@ from .stt_options import ENV_KEY
 
 __all__ = [
     "ConfigurationFailure",
+    "EveryEndpointRefused",
     "connect_errors",
     "handshake_error",
     "no_usable_endpoint",
@@ -51,6 +52,10 @@ class ConfigurationFailure(Exception):
     def __init__(self, message: str, code: ErrorCode | None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class EveryEndpointRefused(Exception):
+    """Marker: no endpoint is left that serves the model; _run turns it into APIStatusError."""
 
 
 def stream_failure(failed: StreamFailed) -> Exception:

@@ -41,6 +41,7 @@ from livekit.agents.utils import AudioBuffer, is_given
 
 from .api_errors import (
     ConfigurationFailure,
+    EveryEndpointRefused,
     connect_errors,
     no_usable_endpoint,
     refusal_error,
@@ -642,7 +643,7 @@ class SpeechStream(stt.RecognizeStream):
                 raise await self._stt_impl._refusal_error(
                     str(e), e.code, self._conn_options.timeout, self._endpoint
                 ) from None
-            except _EveryEndpointRefused:
+            except EveryEndpointRefused:
                 raise await self._stt_impl._facts.every_endpoint_refused(
                     self._conn_options.timeout
                 ) from None
@@ -1073,7 +1074,7 @@ class SpeechStream(stt.RecognizeStream):
         moves the generation to a new lane; the next socket goes elsewhere, or, when no
         endpoint serves the model, the stream fails."""
         if not self._stt_impl._facts.model_refused(url, asyncio.get_running_loop().time()):
-            self._finish(_EveryEndpointRefused())
+            self._finish(EveryEndpointRefused())
             return
         for lane in list(self._lanes.values()):  # still connecting there: it would refuse too
             if lane.endpoint == url and lane.ws is None and not lane.closed:
@@ -1100,7 +1101,3 @@ class SpeechStream(stt.RecognizeStream):
             lane.closed = True
             core.lane_lost(lane.lane, asyncio.get_running_loop().time(), reason)
             self._pump()
-
-
-class _EveryEndpointRefused(Exception):
-    """Marker: no endpoint is left that serves the model; _run turns it into APIStatusError."""
