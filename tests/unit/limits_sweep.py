@@ -91,6 +91,7 @@ def draw_case(
     spread: int = 40,
     languages: Sequence[str] = SPACELESS,
     versions: Sequence[str] = ("0.31.0", "0.33.0"),
+    dense: bool = True,
 ) -> Case:
     rng = random.Random(seed)
 
@@ -101,7 +102,8 @@ def draw_case(
     least = max(64, min_max_model_len(delay))
     max_model_len = rng.randint(least, least + spread)
     language = pick(languages)
-    text = script(language, dense_words(language), rng.randint(4, 24), pick, lambda: pick(PAUSES))
+    pool = dense_words(language, dense)
+    text = script(language, pool, rng.randint(4, 24), pick, lambda: pick(PAUSES))
     return Case(delay, max_model_len, language, text, pick(versions))
 
 
@@ -155,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--spread", type=int, default=40, help="max_model_len up to least+SPREAD")
     ap.add_argument("--languages", default="zh,ja")
     ap.add_argument("--versions", default="0.31.0,0.33.0")
+    ap.add_argument("--all-words", action="store_true", help="every word, not the densest")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--trace", action="store_true", help="the core's log and the deltas")
     args = ap.parse_args(argv)
@@ -167,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.n)
     failed = 0
     for seed in seeds:
-        case = draw_case(seed, delays, args.spread, languages, versions)
+        case = draw_case(seed, delays, args.spread, languages, versions, not args.all_words)
         ok, why, want, got = run_case(case, args.trace)
         if not ok or args.verbose:
             failed += not ok

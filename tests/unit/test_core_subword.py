@@ -25,10 +25,26 @@ pytest.importorskip("mistral_common", reason="the real-token mode needs the [emu
 SCRIPTS = {
     "en": "hello world 2026 😀 don't stop the meeting now .",
     "fr": "bonjour Zoë aujourd'hui 2026 c'est prêt .",
+    "de": "hallo Größe Besprechung 🎉 geht's los 2026 danke .",
+    "es": "hola ¿qué pingüino 😀 mañana 2026 gracias .",
     "zh": "你好 他 在 公园 散步 吧 。",
-    "ja": "今日 は 公園 を 散歩 です 。",
+    "ja": "今日 は 公園 を コーヒー 😀 2026 始まります です 。",
 }
-PROBES = [("en", " 2026"), ("en", " 😀"), ("en", " don't"), ("fr", " Zoë"), ("zh", "公园")]
+PROBES = [
+    ("en", " 2026"),
+    ("en", " 😀"),
+    ("en", " don't"),
+    ("fr", " Zoë"),
+    ("de", " Besprechung"),
+    ("de", " 🎉"),
+    ("de", " geht's"),
+    ("es", " pingüino"),
+    ("es", " ¿qué"),
+    ("zh", "公园"),
+    ("ja", "コーヒー"),
+    ("ja", "😀"),
+    ("ja", "2026"),
+]
 
 
 def transcript(finals: list[Final]) -> str:
