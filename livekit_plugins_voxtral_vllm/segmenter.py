@@ -782,6 +782,14 @@ class CaptionSegmenter:
             end = kept[-1].end_s
             if kept[-1].punct_s is not None:
                 end = max(end, kept[-1].punct_s)  # (see _sound_end)
+            onset = self._units[kept[-1].unit].onset_s
+            if onset is not None and before is not None:
+                # A stretch of sound that began at an onset lasts a while: its words end no
+                # sooner, and the word taken out began after them (an early placed end, e.g.
+                # a one-token "あなた" back-dated by a pad taken for a held byte, put the cut
+                # in the gap before the kept word). (Only with that bound: the onset may be
+                # the next word's when the output backed up.)
+                end = max(end, min(onset + _MIN_WORD_LEN_S, before))
             return ResumePoint(end, self._segment, before_s=before)
         if self._gen_final_end_s is not None:
             return ResumePoint(self._gen_final_end_s, self._segment, before_s=before)

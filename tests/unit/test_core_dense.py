@@ -15,7 +15,9 @@ for one cause:
   held back until a quiet point in it can be chosen);
 - the split-off-run rule applied only once when the run's head was split off in turn;
 - the full stop right after an allowance split was dropped (the caption had been closed);
-- a space written between a kept "😀" and the continuation's "2026".
+- a space written between a kept "😀" and the continuation's "2026";
+- a one-token word ("あなた") whose end was placed 30 ms after its onset (an empty step
+  before it taken for a held byte): the cut fell in the gap before it, and it came twice.
 """
 
 from __future__ import annotations
@@ -107,6 +109,14 @@ CASES = {
         "<pause:400> 😀 <pause:400> 2026 <pause:900> 公园 😀 。",
         "0.31.0",
     ),  # "2026 😀2026"
+    "a one-token word placed too early (あなた)": Case(
+        80,
+        112,
+        "ja",
+        "今日 を <pause:900> の <pause:900> ようこそ <pause:400> は <pause:400> スライド あなた "
+        "始まります プロジェクト <pause:400> あなた <pause:400> 会議 <pause:900> これ 。",
+        "0.33.0",
+    ),  # "あなたあなた" (the placed end 30 ms after its onset: the cut fell before it)
 }
 
 
