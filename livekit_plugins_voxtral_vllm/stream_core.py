@@ -20,6 +20,12 @@ How an utterance becomes captions:
    at a quiet point after the last word already captioned, replaying the audio from there.
    Finals already emitted are never emitted again; every word is transcribed once.
 
+The core decides *what* to do; when a threshold is crossed is asked of small policies, each
+in its own module: :class:`~.context_budget.ContextBudget` (max_model_len),
+:class:`~.generation_cap.GenerationCap` (long generations), :class:`~.lag.LagWatch`
+(backpressure), :class:`~.reconnect.ReconnectBackoff` (an unreachable server) and
+:class:`~.rut.RutDetector` (vLLM's blank-token rut).
+
 Nothing here blocks or touches a socket; ``now`` is monotonic seconds from the glue.
 """
 
