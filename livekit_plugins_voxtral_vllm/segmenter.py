@@ -57,6 +57,7 @@ _MIN_WORD_LEN_S = 0.12
 # Step times are sums of 0.08 in float: absorb the rounding when comparing durations.
 _EPS = 1e-6
 _MAX_ONSETS = 32
+_MAX_OFFSETS = 8
 # A unit's first token may have been back-dated a step or two (see receive_delta): for the
 # shown times, any onset before it can be the unit's own.
 _SHOW_MIN_LEN_S = 0.0
@@ -216,6 +217,7 @@ class CaptionSegmenter:
         self.options = options
         self._last_segment = 0
         self._onsets: list[float] = []
+        self._offsets: list[float] = []  # where utterances ended (for the shown times)
         self._last_final_end_s: float | None = None
         # The open segment: its number (also while reserved by an abandoned generation),
         # its words and the units they belong to.
@@ -338,6 +340,16 @@ class CaptionSegmenter:
             insort(self._onsets, at_s)
         if len(self._onsets) > _MAX_ONSETS:
             del self._onsets[:-_MAX_ONSETS]
+
+    def receive_offset(self, at_s: float) -> None:
+        """Hint from the endpointer: the utterance ended at ``at_s`` (its last sound).
+
+        The word before it ended by then; only the times shown in finals use it (a held
+        word's token can come a second after its end, with no onset after it yet).
+        """
+        insort(self._offsets, at_s)
+        if len(self._offsets) > _MAX_OFFSETS:
+            del self._offsets[:-_MAX_OFFSETS]
 
     def receive_delta(self, delta: str, step_end_s: float) -> list[CaptionEvent]:
         """One ``transcription.delta``, empty ones included.
@@ -951,6 +963,7 @@ class CaptionSegmenter:
             splits,
             punct,
             onsets,
+            [o for o in self._offsets if o > after],
             after,
             after_word=word_after,
             settled=not cut,

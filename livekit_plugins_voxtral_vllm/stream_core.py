@@ -313,6 +313,7 @@ class StreamCore:
     def speech_ended(self, end_sample: int, now: float) -> None:
         """The endpointer saw enough silence: finish the live generation (``final``)."""
         logger.debug("speech ended at %.2fs", end_sample / SAMPLE_RATE)
+        self._segmenter.receive_offset(end_sample / SAMPLE_RATE)
         if self._rut is not None:
             self._rut.speech_ended(end_sample)
         self._end_live(now)

@@ -384,6 +384,7 @@ def show_units(
     splits: Sequence[Sequence[bool]],
     punct: Sequence[bool],
     onsets: Sequence[float],
+    offsets: Sequence[float],
     after_s: float,
     *,
     after_word: bool,
@@ -397,10 +398,11 @@ def show_units(
     place, replacing the conservative ones of :func:`place_units`; non-decreasing.
 
     Units take onsets by :func:`align_display`. A unit with onsets starts at the first and
-    ends by its first token, and before the next onset (the next stretch of sound began). A
-    unit whose words took several onsets (characters of a script without spaces that came
-    out in one run) shares them among its words in order, as evenly as their number allows,
-    a new group only at a word that began a token (``splits[unit][word]``). Units with no
+    ends by its first token, before the next onset (the next stretch of sound began), and by
+    the first of the endpointer's ``offsets`` (utterance ends, sorted) after it. A unit whose
+    words took several onsets (characters of a script without spaces that came out in one
+    run) shares them among its words in order, as evenly as their number allows, a new group
+    only at a word that began a token (``splits[unit][word]``). Units with no
     onset that came right behind the one before (a burst) share the span from that unit's
     onset to the run's last token (or the next onset a unit took) by their length; one that
     came alone ends by its token and starts at most ``max_word_s`` a word before it, never
@@ -445,6 +447,10 @@ def show_units(
                 end = min(end, onsets[idx[k][0]] - gap_s)
         gap = gap_s
         start = max(min(start, run[0].first_s), prev_end)
+        for off in offsets:  # the utterance ended there: its words too
+            if off > start + _MIN_WORD_S:
+                end = min(end, off)
+                break
         end = max(end, start + _MIN_WORD_S * sum(max(1, len(u.weights)) for u in run))
         if head and len(head) > 1:
             unit = units[i]

@@ -121,6 +121,7 @@ def test_show_units_groups_a_runs_characters_at_token_starts() -> None:
         [[True, True, True, False]],
         [False],
         [1.0, 1.5],
+        [],
         0.5,
         after_word=True,
         settled=True,
@@ -134,3 +135,18 @@ def test_show_units_groups_a_runs_characters_at_token_starts() -> None:
     assert unit.ends[1] <= 1.5 - 0.04 + 1e-9
     assert all(a <= b for a, b in zip(unit.starts, unit.ends, strict=True))
     assert all(b <= a + 1e-9 for a, b in zip(unit.starts[1:], unit.ends[:-1], strict=True))
+
+
+def test_a_held_word_ends_where_the_endpointer_heard_its_utterance_end() -> None:
+    seg = CaptionSegmenter()
+    seg.start_generation(0.0)
+    seg.receive_onset(0.3)
+    seg.receive_offset(0.57)  # "speech ended" (the glue passes the endpointer's end)
+    t = 0.0
+    events = []
+    for d in [""] * 20 + [" slide"] + [""] * 20:
+        t += STEP
+        events += seg.receive_delta(d, t)
+    final = next(e for e in events if isinstance(e, CaptionFinal))
+    assert (final.words[0].start_s, final.words[0].end_s) == pytest.approx((0.3, 0.57))
+    assert seg.last_word_end_s is not None and seg.last_word_end_s > 1.5  # resume: unchanged
