@@ -123,7 +123,7 @@ HELD_TOLERANCE = {"en": 0.15, "zh": 0.3}
 async def test_burst_after_held_text_keeps_honest_times(language: str) -> None:
     """The model holds text for a second and releases it one token per step: still every
     word once, times in order, never squeezed into one step, and shown where they were
-    spoken (benchmarks/word_times.py: 20 ms in English; Chinese characters of a burst that
+    spoken (benchmarks/word_times.py: 60 ms in English; Chinese characters of a burst that
     came out as one run are grouped by the onsets with less certainty)."""
     async with VLLMRealtimeEmulator(fast=True, language=language) as emu:
         emu.hold_s = 1.0
