@@ -155,6 +155,11 @@ async def transcribe(
 ) -> tuple[Run, list[BlankRut], list[Generation]]:
     """Run ``x16`` through a real STT stream against the emulator (fast unless ``realtime``):
     the events, the ``blank_rut`` events, and the generations the emulator ran."""
+    if not realtime:
+        # faster than real time on a shared machine, vLLM's output can look seconds behind
+        # the audio; catching up would drop audio and split generations, which is not what
+        # these tests are about
+        kwargs.setdefault("lag_policy", "wait")
     async with VLLMRealtimeEmulator(fast=not realtime) as emu:
         engine = STT(base_url=emu.url, **ENDPOINTING[endpointing](), **kwargs)  # type: ignore[arg-type]
         seen: list[BlankRut] = []
@@ -242,7 +247,8 @@ async def test_a_livekit_vad_behind_a_burst_still_hears_every_utterance() -> Non
         audio, "livekit_silero_vad", burst=True, blank_rut_s=None
     )
     stats = run.stream.stats  # type: ignore[union-attr]
-    assert run.kinds.count(T.START_OF_SPEECH) == len(generations) == 3
+    # (START_OF_SPEECH events may merge: the next utterance can start before the last ends)
+    assert len(generations) == stats.generations == 3
     assert all(g.final_received for g in generations)
     assert stats.dropped_audio_s == 0
 
