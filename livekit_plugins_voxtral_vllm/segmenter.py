@@ -187,6 +187,16 @@ class _OpenUnit(Unit):
         self.generation = gen
 
 
+def _glued(text: str) -> int:
+    """How many times ``text`` (one word) goes on after punctuation with no space: words
+    written into the one before (``彼。2026``), each with its own onset."""
+    n = 0
+    for a, b in zip(text, text[1:], strict=False):
+        if char_kind(a) is CharKind.PUNCT and b not in _CLOSERS and _wordish(b):
+            n += 1
+    return n
+
+
 def _normalise(text: str) -> str:
     return " ".join(text.split())
 
@@ -953,14 +963,17 @@ class CaptionSegmenter:
         onsets = [o for o in self._onsets if o > after or (not word_after and o >= after)]
         punct = [False] * len(self._units)
         splits: list[list[bool]] = [[False] * len(u.weights) for u in self._units]
+        glued = [0] * len(self._units)
         for draft in self._words:
             if draft.punct_s is not None:
                 punct[draft.unit] = True
             if draft.wordish:
                 splits[draft.unit][draft.slot] = draft.token_start
+                glued[draft.unit] += _glued(draft.text)
         show_units(
             self._units,
             splits,
+            glued,
             punct,
             onsets,
             [o for o in self._offsets if o > after],

@@ -282,7 +282,7 @@ _MAX_SHORT_WORD_S = 0.3
 def align_display(
     firsts: Sequence[float],
     words: Sequence[int],
-    punct: Sequence[bool],
+    punct: Sequence[int],
     onsets: Sequence[float],
     *,
     contiguous: Sequence[bool] | None = None,
@@ -295,8 +295,9 @@ def align_display(
     order): a monotone alignment at least cost (see the costs above).
 
     A unit takes only onsets more than ``min_len_s`` before its first token (a word is heard
-    whole before it is written). ``punct[i]``: unit ``i`` ends with punctuation, so the onset
-    right after its own may be a pause or the punctuation's sound rather than a word;
+    whole before it is written). ``punct[i]``: unit ``i`` has that many punctuation marks
+    (or words written into it with no space after one, as ``彼。2026``), so that many onsets
+    right after its own may be pauses, the marks' sounds or those words, not other units;
     ``lead_punct``: the same for the first onset (the caption before ended with punctuation).
     ``contiguous[i]``: unit ``i`` came right behind the one before; one of one word that
     came alone (after empty steps) may skip, at no cost, onsets heard after the unit before
@@ -318,7 +319,7 @@ def align_display(
         row = cost[i]
         nxt = cost[i + 1] if i < n else None
         f = firsts[i] if i < n else 0.0
-        p = i < n and punct[i]
+        p = punct[i] if i < n else 0
         k = words[i] if i < n else 0
         # onsets unit i may take (an onset skipped here is one it could have taken; a later
         # one is the next units' to skip, or left over)
@@ -355,10 +356,11 @@ def align_display(
                 if took < nxt[e]:
                     nxt[e] = took
                     back[i + 1][e] = (j, t)
-                if p and e < m and took + _PUNCT_COST < nxt[e + 1]:
-                    # ... and the onset after them is its punctuation's
-                    nxt[e + 1] = took + _PUNCT_COST
-                    back[i + 1][e + 1] = (j, t)
+                for q in range(1, min(p, m - e) + 1):
+                    # ... and the onsets after them are its punctuation's (or glued words')
+                    if took + _PUNCT_COST * q < nxt[e + q]:
+                        nxt[e + q] = took + _PUNCT_COST * q
+                        back[i + 1][e + q] = (j, t)
                 took += _EXTRA_COST * (2 * t - 1)  # (t - 1)^2 in all
         top = min(m, top + 1)  # (a punctuation's onset after the last usable one)
     last = firsts[-1] - min_len_s if n else -inf
@@ -382,6 +384,7 @@ def align_display(
 def show_units(
     units: Sequence[Unit],
     splits: Sequence[Sequence[bool]],
+    glued: Sequence[int],
     punct: Sequence[bool],
     onsets: Sequence[float],
     offsets: Sequence[float],
@@ -402,7 +405,9 @@ def show_units(
     the first of the endpointer's ``offsets`` (utterance ends, sorted) after it. A unit whose
     words took several onsets (characters of a script without spaces that came out in one
     run) shares them among its words in order, as evenly as their number allows, a new group
-    only at a word that began a token (``splits[unit][word]``). Units with no
+    only at a word that began a token (``splits[unit][word]``). ``glued[unit]``: words
+    written into its words with no space after punctuation (``彼。2026``), whose onsets it
+    may take after its own, like its punctuation's. Units with no
     onset that came right behind the one before (a burst) share the span from that unit's
     onset to the run's last token (or the next onset a unit took) by their length; one that
     came alone ends by its token and starts at most ``max_word_s`` a word before it, never
@@ -412,7 +417,7 @@ def show_units(
     idx = align_display(
         [u.first_s for u in units],
         [max(1, sum(1 for b in sp[1:] if b) + 1) for sp in splits],
-        punct,
+        [int(p) + g for p, g in zip(punct, glued, strict=True)],
         onsets,
         contiguous=[u.contiguous for u in units],
         lead_punct=lead_punct,
@@ -518,11 +523,14 @@ def _groups(
         bounds.append(min(usable, key=lambda c: abs(c - want)) if usable else bounds[-1])
     bounds.append(k)
     t = marks[0]
+    pending: float | None = None  # the onset of a group left empty: the next one starts there
     for g in range(groups):
         lo, hi = bounds[g], bounds[g + 1]
         if hi == lo:
+            pending = marks[g] if pending is None else pending
             continue
-        start = max(marks[g], t)
+        start = max(marks[g] if pending is None else pending, t)
+        pending = None
         end = marks[g + 1] - (gap_s if g + 1 < groups else 0.0)
         end = max(end, start + _MIN_WORD_S * (hi - lo))
         _spread(weights[lo:hi], start, end, into)

@@ -53,6 +53,15 @@ class TestAlignDisplay:
         )
         assert got == [[0], [2]]
 
+    def test_a_word_written_into_the_one_before_keeps_the_next_words_onset_for_it(
+        self,
+    ) -> None:
+        # "彼。2026 いいえ": "2026" came with no space after "。", in the word of "彼" (first
+        # token at 0.76); its onset (1.02) and the mark's (0.87) are that unit's, not "いいえ"'s
+        onsets = [0.6, 0.87, 1.02, 1.32]
+        got = align_display([0.76, 1.56], [1, 1], [2, 0], onsets, lead_punct=False, min_len_s=0.0)
+        assert got == [[0], [3]]
+
     def test_onsets_after_a_units_token_are_never_its_own(self) -> None:
         got = align_display([0.5], [1], [False], [0.5, 0.6], lead_punct=False, min_len_s=0.0)
         assert got == [[]]
@@ -119,6 +128,7 @@ def test_show_units_groups_a_runs_characters_at_token_starts() -> None:
     show_units(
         [unit],
         [[True, True, True, False]],
+        [0],
         [False],
         [1.0, 1.5],
         [],
