@@ -31,7 +31,6 @@ Nothing here blocks or touches a socket; ``now`` is monotonic seconds from the g
 
 from __future__ import annotations
 
-import bisect
 import collections
 import dataclasses
 import enum
@@ -73,6 +72,7 @@ from .history import AudioHistory
 from .lag import LagWatch
 from .log import logger
 from .protocol import SAMPLE_RATE, STEP_SAMPLES, ErrorCode, ErrorKind, Usage, describe_refusal
+from .push_clock import PushClock
 from .reconnect import ReconnectBackoff
 from .rut import RutDetector, RutSignal
 from .segmenter import (
@@ -183,7 +183,7 @@ class StreamCore:
             max_outage_s=options.max_outage_s,
         )
         self._losses = 0  # generations lost in a row; reset by a requested done
-        self._push_marks: collections.deque[tuple[int, float]] = collections.deque()
+        self._push_clock = PushClock()  # for latency stats (push_clock.py)
         self._first_step = first_step_samples(options.transcription_delay_ms)
         # steps vLLM runs after ``final`` on its right padding (delay tokens + 1 + 10, §3.2)
         self._pad_steps = options.transcription_delay_ms // 80 + 11
@@ -262,10 +262,7 @@ class StreamCore:
         self._last_audio_at = now
         if self._rut is not None and not self._judged_by_caller:
             self._rut.judged_to(self._history.end)  # (the built-in endpointer keeps up)
-        marks = self._push_marks
-        marks.append((self._history.end, now))
-        while len(marks) > 2 and marks[1][0] < self._history.start:
-            marks.popleft()
+        self._push_clock.pushed(self._history.end, now, self._history.start)
         if self._resume_on_audio and self._live is None:
             self._resume_on_audio = False
             self.speech_started(self._history.end - int(samples.size), now)
@@ -783,7 +780,9 @@ class StreamCore:
         if isinstance(ev, DeltaReceived):
             step_end = gen.start + (ev.step + 1) * STEP_SAMPLES
             if ev.delta.strip() and self.stats.first_text_latency_s is None:
-                self.stats.first_text_latency_s = self._latency(step_end - STEP_SAMPLES // 2, now)
+                self.stats.first_text_latency_s = self._push_clock.since(
+                    step_end - STEP_SAMPLES // 2, now
+                )
             self._emit_captions(seg.receive_delta(ev.delta, step_end / SAMPLE_RATE), now)
             if ev.delta:
                 self.stats.dropped_punctuation = seg.dropped_punctuation
@@ -816,17 +815,9 @@ class StreamCore:
                 self._actions.append(Interim(cap.segment, cap.text))
             else:
                 self._actions.append(Final(cap.segment, cap))
-                lat = self._latency(int(cap.end_s * SAMPLE_RATE), now)
+                lat = self._push_clock.since(int(cap.end_s * SAMPLE_RATE), now)
                 if lat is not None:
                     self.stats.final_latency_s = lat
-
-    def _latency(self, sample: int, now: float) -> float | None:
-        """Wall time since the audio at absolute ``sample`` was pushed."""
-        marks = self._push_marks
-        i = bisect.bisect_left(marks, (sample, float("-inf")))
-        if i >= len(marks):
-            return None
-        return max(0.0, now - marks[i][1])
 
     def _report_usage(self, gen: _Generation, ev: GenerationFinished) -> None:
         usage: Usage | None = ev.usage
