@@ -4,6 +4,9 @@
     .venv/bin/python -m tests.unit.limits_sweep              # 300 dense zh/ja scripts
     .venv/bin/python -m tests.unit.limits_sweep -n 600 --languages en,fr,de,es,zh,ja
     .venv/bin/python -m tests.unit.limits_sweep --seed 17 -v # one case, with its finals
+    .venv/bin/python -m tests.unit.limits_sweep --seed 17 --trace  # ... with the core's log
+    .venv/bin/python -m tests.unit.limits_sweep --delays 480 --stop-every 62,80  # vLLM stops
+        # every generation after 62-80 steps (a max_model_len the client was not told)
 
 Each case (seed ``i``) draws a delay, a max_model_len from the least ``STT`` accepts
 (``connection.min_max_model_len``) up to ``--spread`` more, a language, a script of the
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from livekit_plugins_voxtral_vllm.connection import min_max_model_len
-from livekit_plugins_voxtral_vllm.testing import lexicon, synthesize
+from livekit_plugins_voxtral_vllm.testing import RealtimeEngine, StepMath, lexicon, synthesize
 from livekit_plugins_voxtral_vllm.testing.speech import SynthesizedSpeech, ToneDecoder
 from livekit_plugins_voxtral_vllm.testing.tokens import expected_deltas
 
@@ -107,10 +110,24 @@ def draw_case(
     return Case(delay, max_model_len, language, text, pick(versions))
 
 
-def run_case(case: Case, trace: bool = False) -> tuple[bool, str, str, str]:
+def run_case(
+    case: Case, trace: bool = False, stops: tuple[int, int, int] | None = None
+) -> tuple[bool, str, str, str]:
     """(passed, what went wrong, expected text, the finals' text). ``trace``: print the
-    core's log, the words' true times, each generation's deltas by step, and the finals."""
+    core's log, the words' true times, each generation's deltas by step, and the finals.
+    ``stops`` = (seed, lo, hi): vLLM stops every generation (unsolicited ``done``) after
+    lo-hi steps, as at a max_model_len the client was not told."""
+    on_engine: Callable[[RealtimeEngine, int], None] | None = None
+    if stops is not None:
+        rng = random.Random(stops[0])
+        limits = [rng.randint(stops[1], stops[2]) for _ in range(1000)]
+        prompt = StepMath(case.delay_ms).prompt_tokens
+
+        def on_engine(engine: RealtimeEngine, index: int) -> None:
+            engine.math = StepMath(case.delay_ms, prompt + limits[index % len(limits)])
+
     h = harness(
+        on_engine=on_engine,
         transcription_delay_ms=case.delay_ms,
         max_model_len=case.max_model_len,
         engine_max_model_len=case.max_model_len,
@@ -156,14 +173,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--delays", default="80,160,480")
     ap.add_argument("--spread", type=int, default=40, help="max_model_len up to least+SPREAD")
     ap.add_argument("--languages", default="zh,ja")
-    ap.add_argument("--versions", default="0.31.0,0.33.0")
+    ap.add_argument(
+        "--versions",
+        help="default 0.31.0,0.33.0; 0.33.0 with --stop-every (a stop at the limit "
+        "is an unsolicited done only from 0.32; before, it kills the engine)",
+    )
     ap.add_argument("--all-words", action="store_true", help="every word, not the densest")
+    ap.add_argument(
+        "--stop-every",
+        metavar="LO,HI",
+        help="vLLM stops every generation after LO-HI steps (max_model_len not told)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--trace", action="store_true", help="the core's log and the deltas")
     args = ap.parse_args(argv)
     delays = [int(d) for d in args.delays.split(",")]
     languages = args.languages.split(",")
-    versions = args.versions.split(",")
+    versions = (args.versions or ("0.33.0" if args.stop_every else "0.31.0,0.33.0")).split(",")
     if args.trace:
         logging.basicConfig(level=logging.DEBUG, format="%(message)s")
         logging.getLogger("livekit.plugins.voxtral_vllm").setLevel(logging.DEBUG)
@@ -171,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     for seed in seeds:
         case = draw_case(seed, delays, args.spread, languages, versions, not args.all_words)
-        ok, why, want, got = run_case(case, args.trace)
+        stops = None
+        if args.stop_every:
+            lo, hi = (int(x) for x in args.stop_every.split(","))
+            stops = (seed, lo, hi)
+        ok, why, want, got = run_case(case, args.trace, stops)
         if not ok or args.verbose:
             failed += not ok
             print(
