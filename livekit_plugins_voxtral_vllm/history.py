@@ -79,3 +79,19 @@ class AudioHistory:
         # earliest near-minimum: the first gap after a word, never a later one
         idx = int(np.argmax(energy <= floor * 2.0 + 1.0))
         return lo + idx * _HOP
+
+    def is_quiet(self, at: int, reach: int) -> bool:
+        """Whether the 10 ms at ``at`` are a gap, not sound: at least 20 dB under the loudest
+        10 ms hop within ``reach`` samples before ``at`` (True when nothing there is louder
+        than about one LSB, e.g. silence; False when ``at`` is not held)."""
+        if not self.start <= at < self._end:
+            return False
+        here = self.slice(at, at + _HOP).astype(np.float32)
+        level = float(np.mean(here * here))
+        lo = max(self.start, at - reach)
+        n_hops = (at - lo) // _HOP
+        if n_hops <= 0:
+            return level <= 1.0
+        x = self.slice(at - n_hops * _HOP, at).astype(np.float32).reshape(n_hops, _HOP)
+        loudest = float(np.max(np.einsum("ij,ij->i", x, x))) / _HOP
+        return level <= loudest * 0.01 + 1.0

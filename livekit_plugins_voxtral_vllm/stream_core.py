@@ -1074,6 +1074,15 @@ class StreamCore:
             # Its allowance is sent, up to a quiet point, and more audio waits (no rollover
             # found a pause after a word: dense tokens, a backed-up output): it finishes
             # normally with all it heard, and the next generation takes the audio from there.
+            if not self._history.is_quiet(gen.sent_until, _SPLIT_WINDOW_MS * _MS):
+                # Unless its audio stops inside a sound: no quiet point was left before the
+                # allowance (audio had gone past the held-back window before max_model_len
+                # was known). Split there, the word would be heard in part by both
+                # generations and written by neither: roll over after its last whole word
+                # instead, once its output has caught up, and replay the rest.
+                if conn.lag_steps <= 2:
+                    self._roll_over(gen, now, reason=AT_LIMIT)
+                return
             self.stats.rollovers += 1
             gen.handed_over = True
             self._split_at(gen, conn, gen.sent_until, now, "its allowance is used")

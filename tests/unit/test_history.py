@@ -227,3 +227,20 @@ class TestQuietest:
         result = history.quietest(lo, hi)
         assert result == expected
         assert history.start <= result <= history.end
+
+
+def test_is_quiet_tells_a_gap_from_the_inside_of_a_word() -> None:
+    """A split point must be a gap: 20 dB under the sound before it, not a point inside a
+    word (a word is as loud in its middle as at its start)."""
+    tone = (8000 * np.sin(np.arange(4800) * 0.2)).astype(np.int16)  # 300 ms
+    gap = np.zeros(960, np.int16)  # 60 ms
+    h = AudioHistory(16000 * 5)
+    h.append(np.concatenate((tone, gap, tone)))
+    assert h.is_quiet(4800, 7680)  # the gap's start
+    assert h.is_quiet(4800 + 320, 7680)  # inside the gap
+    assert not h.is_quiet(2400, 7680)  # the middle of the first word
+    assert not h.is_quiet(4800 + 960 + 1600, 7680)  # inside the second word
+    assert not h.is_quiet(h.end, 7680)  # not held yet
+    quiet = AudioHistory(16000)
+    quiet.append(np.zeros(1600, np.int16))
+    assert quiet.is_quiet(800, 7680)  # silence everywhere is quiet
