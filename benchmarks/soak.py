@@ -85,30 +85,68 @@ class Sample:
 
 
 class Checker:
-    """Compares the finals' words with the script's as they arrive (nothing is kept)."""
+    """Compares the finals' words with the script's as they arrive (nothing is kept but a
+    few words after a mismatch). After a mismatch it resynchronises on the next three words
+    received, up to 80 script words ahead: a word lost or repeated counts once, and audio
+    dropped by a catch-up counts the words it held, not everything after it."""
+
+    _AHEAD = 80
+    _GRAM = 3
 
     def __init__(self, scripts_words: list[list[str]]) -> None:
         self._words = [w for words in scripts_words for w in words]
         self._pos = 0
+        self._held: list[str] = []  # received after a mismatch, not placed yet
         self.matched = 0
         self.mismatched = 0
         self.first_mismatch: str | None = None
 
+    def _want(self, k: int) -> str:
+        return self._words[k % len(self._words)]
+
     def check(self, text: str) -> None:
         for word in text.split():
-            want = self._words[self._pos % len(self._words)]
-            if word == want:
+            if not self._held and word == self._want(self._pos):
                 self.matched += 1
                 self._pos += 1
                 continue
-            self.mismatched += 1
-            if self.first_mismatch is None:
-                self.first_mismatch = f"got {word!r}, want {want!r} at word {self._pos}"
-            # resynchronise on the next occurrence of the word, if close
-            for skip in range(1, 6):
-                if self._words[(self._pos + skip) % len(self._words)] == word:
-                    self._pos += skip + 1
-                    break
+            if not self._held and self.first_mismatch is None:
+                self.first_mismatch = (
+                    f"got {word!r}, want {self._want(self._pos)!r} at word {self._pos}"
+                )
+            self._held.append(word)
+            self._resync()
+
+    def _resync(self) -> None:
+        while len(self._held) >= self._GRAM:
+            gram = self._held[: self._GRAM]
+            skip = next(
+                (
+                    k
+                    for k in range(self._AHEAD)
+                    if all(self._want(self._pos + k + i) == w for i, w in enumerate(gram))
+                ),
+                None,
+            )
+            if skip is None:  # the first held word is not in the script here: extra
+                self.mismatched += 1
+                self._held.pop(0)
+                continue
+            self.mismatched += skip  # script words that never came
+            self._pos += skip
+            held, self._held = self._held, []
+            for word in held:
+                if not self._held and word == self._want(self._pos):
+                    self.matched += 1
+                    self._pos += 1
+                else:
+                    self._held.append(word)
+            return
+
+    def finish(self) -> None:
+        """Words still held at the end count as wrong."""
+        self.mismatched += len(self._held)
+        self._held = []
 
     @property
     def expected_so_far(self) -> int:
@@ -235,6 +273,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.wait_for(reader, 120)
             except Exception as e:  # reported, like a failure while pushing
                 failure = f"stream failed while finishing: {e!r}"
+        checker.finish()
         sample(pushed * frame_s)
         growth: list[str] = []
         if args.tracemalloc and snapshot_first is not None:
