@@ -208,11 +208,12 @@ class CaptionSegmenter:
     ``transcription.delta``, then :meth:`finish_generation` (``done`` or a clean end),
     :meth:`continue_generation` (the server stopped it; the next one carries on),
     :meth:`roll_over` (closed early at a cut) or :meth:`abandon_generation` (lost).
-    :meth:`receive_onset` may come at any time. Each input returns the events it caused, in
-    order. Segment numbers start at 1 and increase; each segment gets interims with its full
-    text and exactly one non-empty final, except a segment kept open across an abandoned
-    generation, which continues in the next one. Misuse raises
-    :class:`~.errors.InvalidState` or :class:`~.errors.LocalProtocolError` and changes nothing.
+    :meth:`receive_onset` and :meth:`receive_offset` may come at any time. Each input
+    returns the events it caused, in order. Segment numbers start at 1 and increase; each
+    segment gets interims with its full text and exactly one non-empty final, except a
+    segment kept open across an abandoned generation, which continues in the next one.
+    Misuse raises :class:`~.errors.InvalidState` or :class:`~.errors.LocalProtocolError` and
+    changes nothing.
 
     Words (see :mod:`.words`): a token with leading whitespace starts one, and so does every
     character of a script written without spaces; other pieces extend the word before them.
