@@ -386,6 +386,12 @@ class StreamCore:
             and now - self._last_audio_at >= self._opts.input_stall_s
         )
 
+    def input_held(self, now: float) -> None:
+        """The glue holds the input back on purpose (it waits for a LiveKit VAD to judge the
+        audio pushed): no audio is not a stall, so the stall timer starts over from ``now``."""
+        if self._last_audio_at is not None:
+            self._last_audio_at = now
+
     def input_stalled(self, now: float) -> None:
         """A muted track or a stalled producer: end the open utterance (the glue first pushes
         what its resampler still holds). A generation is never left open without audio:

@@ -93,7 +93,8 @@ from .warm_socket import WarmSocket
 
 __all__ = ["STT", "SpeechStream", "DEFAULT_MODEL", "DEFAULT_BASE_URL"]
 
-_VAD_DRAIN_S = 10.0  # how long end_input waits for a LiveKit VAD to judge the audio it holds
+_VAD_DRAIN_S = 10.0  # how long end_input or flush waits for a LiveKit VAD to judge the audio
+_VAD_POLL_S = 0.005  # how often a flush looks whether a LiveKit VAD has caught up
 
 
 class STT(stt.STT[Literal["metrics_collected", "blank_rut"]]):
@@ -507,6 +508,7 @@ class SpeechStream(stt.RecognizeStream):
         self._vad_input = stt._vad is not None  # frames reach the input task unprocessed
         self._vad_stream: lk_vad.VADStream | None = None
         self._vad_clock = VadClock()
+        self._vad_waiting = False  # the input task holds its input back until the VAD catches up
         self._direct_input = False  # push_frame may hand chunks to the core itself
         self._user_offset = 0.0
 
@@ -704,12 +706,23 @@ class SpeechStream(stt.RecognizeStream):
         try:
             self._direct_input = not self._vad_input
             async for item in self._input_ch:
+                last = self._input_ch.closed and self._input_ch.empty()  # end_input's flush
+                if vad_task is not None and isinstance(item, self._FlushSentinel) and not last:
+                    # the VAD may lag the audio: the utterance ends once it has judged the
+                    # audio before the flush; later frames wait in the channel, in order
+                    # (end_input's own flush: the drain below waits for the VAD instead)
+                    self._consume(core, item, end_utterance=False)
+                    await self._await_vad(core, vad_task, flush=True)
+                    core.flush(loop.time())
+                    self._pump()
+                    continue
                 self._consume(core, item)
             now = loop.time()
             for chunk in self._pipeline.flush():
                 core.push_audio(chunk, now)
             if vad_stream is not None and vad_task is not None:
-                await self._drain_vad(vad_stream, vad_task)
+                vad_stream.end_input()
+                await self._await_vad(core, vad_task, flush=False)
                 now = loop.time()
             core.end_input(now)
             self._pump()
@@ -721,22 +734,57 @@ class SpeechStream(stt.RecognizeStream):
             if vad_stream is not None:
                 await vad_stream.aclose()
 
-    async def _drain_vad(self, vad_stream: lk_vad.VADStream, vad_task: asyncio.Task[None]) -> None:
-        """The input ended: let the VAD judge the audio it has not judged yet. It may lag the
-        audio by seconds (a burst of frames, a busy executor); ending the core first would
-        drop every utterance in that audio, unseen."""
-        vad_stream.end_input()
-        await asyncio.wait({vad_task}, timeout=_VAD_DRAIN_S)
-        if not vad_task.done():
-            logger.warning(
-                "the VAD had not judged all the audio %.0fs after the input ended: speech "
-                "at the end of the stream may be left untranscribed",
-                _VAD_DRAIN_S,
-            )
+    async def _await_vad(
+        self, core: StreamCore, vad_task: asyncio.Task[None], *, flush: bool
+    ) -> None:
+        """Let the VAD judge the audio pushed to it before the stream acts on the end of that
+        audio. It may lag the audio by seconds (a burst of frames, a busy executor): ending the
+        core first would drop every utterance in that audio unseen (at the end of the input),
+        or end the flushed utterance before it started and let it run into the next turn's
+        audio (at a flush).
 
-    def _consume(self, core: StreamCore, item: object) -> None:
+        At the end of the input, the VAD's task ends once it has judged everything. At a
+        flush, the VAD has judged the audio before it once it has taken every item pushed to
+        it (the flush last) and the stream has handled its events. Bounded by
+        ``_VAD_DRAIN_S``; past that, a warning and the stream goes on without the verdict.
+        The wait is not an input stall (which would end the utterance before the verdict and
+        open another for the VAD's late start)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _VAD_DRAIN_S
+        idle = 0  # polls in a row that found the VAD idle (its events may still be in flight)
+        self._vad_waiting = True
+        try:
+            while not vad_task.done() and idle < 2 and loop.time() < deadline:
+                core.input_held(loop.time())  # (a wait, not a stalled track)
+                await asyncio.sleep(_VAD_POLL_S)
+                if flush:
+                    idle = idle + 1 if self._vad_idle() else 0
+        finally:
+            self._vad_waiting = False
+        if vad_task.done() or idle >= 2:
+            return
+        logger.warning(
+            "the VAD had not judged all the audio %.1fs after %s: %s",
+            _VAD_DRAIN_S,
+            "a flush" if flush else "the input ended",
+            "the utterance ends at the flush without its verdict (a turn it had not started "
+            "yet begins later and may run into the next one)"
+            if flush
+            else "speech at the end of the stream may be left untranscribed",
+        )
+
+    def _vad_idle(self) -> bool:
+        """The VAD has taken every item pushed to it and sent no event left unread."""
+        vad_stream = self._vad_stream
+        if vad_stream is None:
+            return True
+        # (the channels every LiveKit VADStream reads its input from and sends its events to)
+        return vad_stream._input_ch.empty() and vad_stream._event_ch.empty()
+
+    def _consume(self, core: StreamCore, item: object, *, end_utterance: bool = True) -> None:
         """One input item: a chunk from ``push_frame``, a raw frame (VAD input), or the
-        flush sentinel."""
+        flush sentinel (which ends the utterance unless ``end_utterance`` is False: the
+        caller does once a lagging VAD has caught up)."""
         now = asyncio.get_running_loop().time()
         endpointer = self._endpointer
         chunks: list[np.ndarray]
@@ -761,7 +809,8 @@ class SpeechStream(stt.RecognizeStream):
                 endpointer.flush()
             if self._vad_stream is not None:
                 self._vad_stream.flush()
-            core.flush(now)
+            if end_utterance:
+                core.flush(now)
         self._pump()
 
     @staticmethod
@@ -881,7 +930,8 @@ class SpeechStream(stt.RecognizeStream):
         if core is None:
             return
         # push_frame runs the pipeline ahead of the input task: what it queued comes first
-        while not self._input_ch.empty():
+        # (not while the input task holds it back at a flush, for a lagging VAD)
+        while not self._vad_waiting and not self._input_ch.empty():
             self._consume(core, self._input_ch.recv_nowait())
         now = asyncio.get_running_loop().time()
         if core.stall_due(now):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 import pytest
@@ -165,7 +165,7 @@ class EnergyVADStream(lk_vad.VADStream):
         speaking = False
         speech_ms = silence_ms = 0
         samples = 0  # at the VAD's own "inference" rate, as LiveKit documents samples_index
-        async for item in self._input_ch:
+        async for item in self._items():
             if not isinstance(item, rtc.AudioFrame):  # flush: a hard segment boundary
                 speaking, speech_ms, silence_ms = False, 0, 0
                 continue
@@ -190,6 +190,10 @@ class EnergyVADStream(lk_vad.VADStream):
                     speaking = False
                     self._send(lk_vad.VADEventType.END_OF_SPEECH, samples, speech_ms, silence_ms)
                     speech_ms = 0
+
+    def _items(self) -> AsyncIterator[rtc.AudioFrame | lk_vad.VADStream._FlushSentinel]:
+        """What the VAD reads: its input, as pushed (a lagging VAD delays it)."""
+        return self._input_ch
 
     def _send(self, kind: lk_vad.VADEventType, index: int, speech_ms: int, silence_ms: int) -> None:
         self.events.append(kind)

@@ -303,6 +303,21 @@ def test_stalled_input_ends_the_utterance() -> None:
     assert words(final.caption.text) == words(speech.text)
 
 
+def test_input_held_by_the_glue_is_not_a_stall() -> None:
+    """While the glue holds the input back (waiting for a lagging LiveKit VAD at a flush),
+    the stall timer starts over; once the holding stops, a real stall still ends it."""
+    h = harness(input_stall_s=1.0)
+    speech = synthesize("hello world the meeting", tail_ms=0)
+    h.push(speech.samples)
+    for _ in range(30):  # 3 s held
+        h.core.input_held(h.now)
+        h.advance(0.1)
+    assert not h.finals()
+    h.advance(1.5)
+    (final,) = h.finals()
+    assert words(final.caption.text) == words(speech.text)
+
+
 def test_input_resuming_after_a_stall_starts_a_new_utterance() -> None:
     """The stall ended the utterance while the endpointer still saw speech: audio that
     comes back must not be lost."""
