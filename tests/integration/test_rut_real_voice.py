@@ -70,14 +70,7 @@ def _peak(x: F64, peak: float) -> F64:
 
 @lru_cache(maxsize=64)
 def espeak(voice: str, wpm: int, text: str) -> F64:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "s.wav"
-        subprocess.run(
-            ["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(out), text],
-            check=True,
-            capture_output=True,
-        )
-        x = A._read_wav(out)
+    x = A._espeak(voice, wpm, text)
     nz = np.flatnonzero(np.abs(x) > 1e-3)  # espeak pads with silence: the script places it
     return _peak(x[nz[0] : nz[-1] + 1], 0.3)
 
