@@ -712,7 +712,8 @@ class SpeechStream(stt.RecognizeStream):
                     # audio before the flush; later frames wait in the channel, in order
                     # (end_input's own flush: the drain below waits for the VAD instead)
                     self._consume(core, item, end_utterance=False)
-                    await self._await_vad(core, vad_task, flush=True)
+                    if await self._await_vad(core, vad_task, flush=True):
+                        self._vad_clock.flush_taken()  # (its next event is from after it)
                     core.flush(loop.time())
                     self._pump()
                     continue
@@ -736,7 +737,7 @@ class SpeechStream(stt.RecognizeStream):
 
     async def _await_vad(
         self, core: StreamCore, vad_task: asyncio.Task[None], *, flush: bool
-    ) -> None:
+    ) -> bool:
         """Let the VAD judge the audio pushed to it before the stream acts on the end of that
         audio. It may lag the audio by seconds (a burst of frames, a busy executor): ending the
         core first would drop every utterance in that audio unseen (at the end of the input),
@@ -746,7 +747,8 @@ class SpeechStream(stt.RecognizeStream):
         At the end of the input, the VAD's task ends once it has judged everything. At a
         flush, the VAD has judged the audio before it once it has taken every item pushed to
         it (the flush last) and the stream has handled its events. Bounded by
-        ``_VAD_DRAIN_S``; past that, a warning and the stream goes on without the verdict.
+        ``_VAD_DRAIN_S``; past that, a warning and the stream goes on without the verdict
+        (False).
         The wait is not an input stall (which would end the utterance before the verdict and
         open another for the VAD's late start)."""
         loop = asyncio.get_running_loop()
@@ -762,7 +764,7 @@ class SpeechStream(stt.RecognizeStream):
         finally:
             self._vad_waiting = False
         if vad_task.done() or idle >= 2:
-            return
+            return True
         logger.warning(
             "the VAD had not judged all the audio %.1fs after %s: %s",
             _VAD_DRAIN_S,
@@ -772,6 +774,7 @@ class SpeechStream(stt.RecognizeStream):
             if flush
             else "speech at the end of the stream may be left untranscribed",
         )
+        return False
 
     def _vad_idle(self) -> bool:
         """The VAD has taken every item pushed to it and sent no event left unread."""
@@ -809,6 +812,7 @@ class SpeechStream(stt.RecognizeStream):
                 endpointer.flush()
             if self._vad_stream is not None:
                 self._vad_stream.flush()
+                self._vad_clock.flushed()  # (Silero counts from 0 again after it)
             if end_utterance:
                 core.flush(now)
         self._pump()

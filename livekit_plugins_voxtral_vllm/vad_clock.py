@@ -21,6 +21,17 @@ utterance three times too late.
 
 Once a rate is chosen it is kept until an event's timestamp names another or an event lies
 beyond the audio pushed (then it moves up).
+
+**Flushes.** Some VADs start counting again at 0 after ``flush()`` (Silero resets its sample
+count and timestamp, and drops the part window it held), others count on. The glue calls
+:meth:`VadClock.flushed` when it sends a flush: the audio pushed until then is that flush's
+origin. An event whose count goes backwards is a reset VAD's first in a new epoch: it and the
+events after it count from the earliest flush not yet taken as an origin. When the glue knows
+the VAD has taken every flush sent and every earlier event was placed
+(:meth:`VadClock.flush_taken`), the next event decides even without a step backwards (the
+epoch before may have had a single event): if it does not lie past the last event, or
+placed from the current origin it would lie before the flush's audio, the VAD reset;
+otherwise it counts on, and keeps its origin.
 """
 
 from __future__ import annotations
@@ -30,6 +41,9 @@ __all__ = ["VadClock"]
 _SLACK_S = 0.05
 """Events may run this far past the audio counted as pushed (a frame in flight)."""
 
+
+_RESET_SLACK_S = 0.1
+"""A VAD that counts on through a flush may drop the part window it held (up to ~32 ms)."""
 
 _RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -41,6 +55,10 @@ class VadClock:
         self._pushed_s = 0.0
         self._input_rate = 0
         self._rate = 0
+        self._origin_s = 0.0  # where the VAD's current count starts, in audio pushed
+        self._last_s = 0.0  # the last event's position in the VAD's own count
+        self._pending: list[float] = []  # origins of flushes sent, not yet taken as one
+        self._taken = False  # the VAD took every pending flush; earlier events were placed
 
     @property
     def rate(self) -> int:
@@ -54,9 +72,40 @@ class VadClock:
         self._input_rate = sample_rate
         self._pushed_s += samples / sample_rate
 
+    def flushed(self) -> None:
+        """A flush was sent to the VAD stream after the audio pushed so far."""
+        self._pending.append(self._pushed_s)
+        self._taken = False
+
+    def flush_taken(self) -> None:
+        """The VAD has taken every flush sent so far, and every event it sent before them was
+        placed: the next event is from after the last flush."""
+        if self._pending:
+            self._pending = self._pending[-1:]
+            self._taken = True
+
     def to_16k(self, samples_index: int, timestamp: float = 0.0) -> int:
-        """``samples_index`` (the VAD's count) as a position at 16 kHz; ``timestamp`` is the
-        event's, used when it is audio time."""
+        """``samples_index`` (the VAD's count) as a position at 16 kHz from the stream's
+        start; ``timestamp`` is the event's, used when it is audio time."""
+        rate = self._infer_rate(samples_index, timestamp)
+        pos_s = samples_index / rate
+        if self._pending:
+            if pos_s < self._last_s - 1e-6:  # the count went backwards: the VAD reset
+                self._origin_s = self._pending.pop(0)
+                self._taken = False
+            elif self._taken:
+                # (one counting on is past its last event: it judged audio after the flush)
+                if (
+                    pos_s <= self._last_s + 1e-6
+                    or self._origin_s + pos_s < self._pending[-1] - _RESET_SLACK_S
+                ):
+                    self._origin_s = self._pending[-1]
+                self._pending.clear()
+                self._taken = False
+        self._last_s = pos_s
+        return round(self._origin_s * 16000) + round(samples_index * 16000 / rate)
+
+    def _infer_rate(self, samples_index: int, timestamp: float) -> int:
         limit = self._pushed_s + _SLACK_S
         rate = self._rate
         if samples_index > 0 and 0.0 < timestamp <= limit:
@@ -70,4 +119,4 @@ class VadClock:
             if rate == 0:  # beyond every candidate: the fastest one is the least wrong
                 rate = max(candidates[-1], self._rate)
             self._rate = rate
-        return round(samples_index * 16000 / rate)
+        return rate
