@@ -57,6 +57,7 @@ from .core_types import (
     StreamStats,
     UsageReport,
 )
+from .dropped import DroppedAudio
 from .errors import InvalidState
 from .events import (
     ConnectionState,
@@ -160,6 +161,7 @@ class StreamCore:
         self._opts = options
         self.stats = StreamStats()
         self._history = AudioHistory(int(options.history_s * SAMPLE_RATE))
+        self._dropped = DroppedAudio()  # what stats.dropped_audio_s counts, each sample once
         self._segmenter = CaptionSegmenter(options.segmenter)
         self._rut = RutDetector(options.rut) if options.rut is not None else None
         self._judged_by_caller = False  # speech_judged() was called: a VAD that may lag
@@ -577,10 +579,18 @@ class StreamCore:
 
     # -- internals: audio ------------------------------------------------------------------------
 
+    def _count_dropped(self, start: int, end: int) -> int:
+        """Count ``[start, end)`` as never transcribed; return the samples of it not counted
+        before (a reversed range counts nothing; an overlap with an earlier drop counts once)."""
+        new = self._dropped.add(start, end)
+        self.stats.dropped_audio_s = self._dropped.total / SAMPLE_RATE
+        return new
+
     def _lost_from_history(self, start: int, end: int) -> None:
         """Audio ``[start, end)`` left the history before any generation transcribed it (an
         outage longer than ``history_s``): count it and say so, never lose it silently."""
-        self.stats.dropped_audio_s += (end - start) / SAMPLE_RATE
+        if self._count_dropped(start, end) == 0:
+            return
         logger.warning(
             "%.2fs of audio (%.2fs-%.2fs) left the %.0fs history before vLLM could transcribe "
             "it; it is not captioned (counted in stats.dropped_audio_s)",
@@ -590,11 +600,17 @@ class StreamCore:
             self._opts.history_s,
         )
 
-    def _new_generation(self, start: int, now: float, why: str) -> _Generation:
+    def _new_generation(
+        self, start: int, now: float, why: str, end: int | None = None
+    ) -> _Generation:
+        """A generation over ``[start, end)`` (``end``: where the caller will end it, None
+        while live): a start the history no longer holds is moved up, and what of the range
+        is lost counted (only up to ``end``: after it is another utterance's, or silence)."""
         if start < self._history.start:
             # the history no longer holds it (a very long outage): count what is lost
-            self._lost_from_history(start, self._history.start)
-            start = self._history.start
+            hist = self._history.start
+            self._lost_from_history(start, hist if end is None else min(end, hist))
+            start = hist
         opts = self._opts
         gen = _Generation(
             gid=self._next_gid,
@@ -625,7 +641,8 @@ class StreamCore:
             # The history moved past audio it was owed (a long outage, or audio arriving
             # faster than a generation capped at max_model_len can take it). Its start anchors
             # its step timestamps, so only one that has sent nothing yet can start later.
-            self._lost_from_history(gen.sent_until, self._history.start)
+            hist = self._history.start
+            self._lost_from_history(gen.sent_until, hist if gen.end is None else min(gen.end, hist))
             if gen.sent_until != gen.start:
                 self._split_at(gen, conn, self._history.start, now, "after a gap")
                 return
@@ -675,7 +692,7 @@ class StreamCore:
         conn.finish_generation(now)
         gen.phase = _Phase.FINALIZING
         logger.info("generation %d: %s; continuing from %.2fs", gen.gid, why, start / SAMPLE_RATE)
-        new = self._new_generation(start, now, f"{why}, after {gen.gid}")
+        new = self._new_generation(start, now, f"{why}, after {gen.gid}", end=rest_end)
         new.end = rest_end
         if self._live is gen:
             self._live = new
@@ -911,6 +928,7 @@ class StreamCore:
             since = rut.since
             if resume is not None and (since is None or since >= gen.start):
                 # it had text before the rut: from after its last final, like a lost one
+                self._lost_before_replay(gen, min(gen.start, int(resume.resume_s * SAMPLE_RATE)))
                 cut = max(self._history.start, min(gen.start, int(resume.resume_s * SAMPLE_RATE)))
             elif since is not None:
                 # the rut began in an earlier generation: from its last word
@@ -928,6 +946,7 @@ class StreamCore:
         if self._order and self._order[0] is gen and self._segmenter.has_open_generation:
             resume = self._segmenter.abandon_generation()
             resume_sample = int(resume.resume_s * SAMPLE_RATE)
+            self._lost_before_replay(gen, min(gen.start, resume_sample))
             if resume.after_word:
                 # may lie before gen.start when gen continued a server-stopped generation
                 lo = max(self._history.start, min(gen.start, resume_sample))
@@ -940,10 +959,17 @@ class StreamCore:
         self._continue(gen, cut, now, after=False)
         self._advance(now)
 
+    def _lost_before_replay(self, gen: _Generation, want: int) -> None:
+        """A replay of ``gen`` should start at ``want``: count what of ``[want, gen.end)`` the
+        history no longer holds (the replay starts where it begins)."""
+        hist = self._history.start
+        if want < hist:
+            self._lost_from_history(want, hist if gen.end is None else min(gen.end, hist))
+
     def _continue(self, old: _Generation, cut: int, now: float, after: bool) -> None:
         """A new generation over ``[cut, old.end)`` that takes ``old``'s place in caption order
         (``after``: right behind ``old``, whose captions are still to be released)."""
-        new = self._new_generation(cut, now, f"continuing {old.gid}")
+        new = self._new_generation(cut, now, f"continuing {old.gid}", end=old.end)
         new.end = old.end
         if old.end is None and self._live is old:
             self._live = new
@@ -1165,7 +1191,7 @@ class StreamCore:
                 kept = min(kept, max(gen.start, int(resume.before_s * SAMPLE_RATE)))
             lo = max(transcribed_end, self._history.end - self._opts.preroll_ms * _MS)
             cut = self._history.quietest(lo, self._history.end)
-            self.stats.dropped_audio_s += max(0, cut - kept) / SAMPLE_RATE
+            self._count_dropped(kept, cut)
         else:
             cut = self._resume_cut(gen, resume, transcribed_end, transcribed_end)
             if cut <= gen.start:
@@ -1174,7 +1200,9 @@ class StreamCore:
         logger.info("generation %d: %s at %.2fs", gen.gid, reason, cut / SAMPLE_RATE)
         gen.muted = True
         self._remove(gen)
-        new = self._new_generation(cut, now, f"{reason}, after {gen.gid}")
+        new = self._new_generation(
+            cut, now, f"{reason}, after {gen.gid}", end=None if self._live is gen else gen.end
+        )
         if self._live is gen:
             self._live = new
         else:

@@ -55,6 +55,7 @@ class Bounds:
         self.max_order = 0
         self.max_pending = 0
         self.max_lanes = 0
+        self.dropped_s = 0.0
 
     def sample(self, stream: SpeechStream) -> None:
         core = stream._core
@@ -63,6 +64,10 @@ class Bounds:
         self.max_order = max(self.max_order, len(core._order))
         self.max_pending = max(self.max_pending, sum(len(g.pending) for g in core._order))
         self.max_lanes = max(self.max_lanes, core.open_lanes)
+        # audio counted as never transcribed: never negative, never shrinking
+        dropped = core.stats.dropped_audio_s
+        assert 0.0 <= self.dropped_s <= dropped, (self.dropped_s, dropped)
+        self.dropped_s = dropped
 
     def check(self) -> None:
         # utterances queue during an outage, but only as many as the 20 s history holds
@@ -107,7 +112,9 @@ async def run_chaos(
         await stream.aclose()
         if own:
             await engine.aclose()
+    bounds.sample(stream)
     bounds.check()
+    assert 0.0 <= stream.stats.dropped_audio_s <= speech.samples.size / speech.sample_rate
     return run, stream
 
 

@@ -64,6 +64,7 @@ class Harness:
     decoder_factory: Callable[[], StreamingDecoder] | None = None
     on_engine: Callable[[RealtimeEngine, int], None] | None = None
     """Called with each new engine and its index (0 for the first): to inject faults."""
+    dropped_seen: float = 0.0
 
     def __post_init__(self) -> None:
         self.endpointer = Endpointer()
@@ -119,8 +120,21 @@ class Harness:
                     del self.engines[lane]
                     self.core.lane_lost(lane, self.now, "connection dropped")
             if not moved:
+                self.check_dropped()
                 return
         raise AssertionError("the core and the engines never settled")
+
+    def check_dropped(self) -> None:
+        """``stats.dropped_audio_s`` (checked after every pump, so in every core test and
+        sweep): never negative, never shrinking, the length of the ranges counted (each
+        sample once), all of them in the audio pushed."""
+        core = self.core
+        dropped = core.stats.dropped_audio_s
+        assert 0.0 <= self.dropped_seen <= dropped, (self.dropped_seen, dropped)
+        ranges = core._dropped.ranges
+        assert all(0 <= a < b <= core._history.end for a, b in ranges), ranges
+        assert round(dropped * SAMPLE_RATE) == sum(b - a for a, b in ranges), (dropped, ranges)
+        self.dropped_seen = dropped
 
     def push(self, samples: np.ndarray, dt: float | None = None) -> None:
         """Push audio in 80 ms chunks through the built-in endpointer, like the glue."""
