@@ -301,7 +301,8 @@ def align_display(
     ``lead_punct``: the same for the first onset (the caption before ended with punctuation).
     ``contiguous[i]``: unit ``i`` came right behind the one before; one of one word that
     came alone (after empty steps) may skip, at no cost, onsets heard after the unit before
-    came out (they can only be its own: a false start, a breath), so it starts at the latest.
+    came out (they can only be its own: a false start, a breath), so it starts at the latest
+    that leaves one onset before its token for each of its punctuation marks.
     ``settled``: the units end at a pause or a generation's end, so an onset left over well
     before the last unit's token is unlikely (else a caption cut inside speech: later words'
     onsets are expected there). Cost O(units x onsets x words per unit).
@@ -336,8 +337,8 @@ def align_display(
             if j < usable:  # onset j explains no unit
                 if i == 0:
                     skip = _PUNCT_COST if (j == 0 and lead_punct) else _SKIP_COST
-                elif alone[i] and k == 1 and onsets[j] > firsts[i - 1]:
-                    skip = 0.0
+                elif alone[i] and k == 1 and onsets[j] > firsts[i - 1] and usable - j > p + 1:
+                    skip = 0.0  # (the onsets after it: the unit's, then its marks')
                 else:
                     skip = _SKIP_COST
                 if c + skip < row[j + 1]:

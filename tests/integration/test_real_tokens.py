@@ -110,12 +110,14 @@ async def test_every_language_exact_with_honest_times(language: str) -> None:
     check_run(run, speech, language, tolerance=TOLERANCE[language])
 
 
-# Measured with this emulator (README "Word times"): words in scripts with spaces within
-# 150 ms; Chinese and Japanese characters of words whose tokens back up behind each other are
-# placed with less certainty (which character starts the next word is not in the output).
-TOLERANCE = {"en": 0.15, "fr": 0.15, "de": 0.15, "es": 0.15, "zh": 0.3, "ja": 0.3}
+# The target, in every language, for text released as it is heard; held bursts below.
+TOLERANCE = {"en": 0.15, "fr": 0.15, "de": 0.15, "es": 0.15, "zh": 0.15, "ja": 0.15}
 
 
+# Measured with this emulator (README "Word times"): after a hold, words in scripts with
+# spaces within 150 ms; Chinese characters released in one run are grouped by the onsets with
+# less certainty (which character starts the next word is not in the output): the target is
+# missed there, and this bound only keeps it from getting worse.
 HELD_TOLERANCE = {"en": 0.15, "zh": 0.3}
 
 

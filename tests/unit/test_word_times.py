@@ -53,6 +53,24 @@ class TestAlignDisplay:
         )
         assert got == [[0], [2]]
 
+    def test_a_word_that_came_alone_leaves_the_latest_onset_to_its_punctuation(
+        self,
+    ) -> None:
+        # "a" out at 5.2; "😀。" out alone at 5.6: the emoji's onset (5.28), then the mark's
+        # sound (5.55) before the token. Before, the word skipped its own onset as a false
+        # start and took the mark's, 270 ms late.
+        onsets = [4.9, 5.28, 5.55]
+        got = align_display(
+            [5.2, 5.6],
+            [1, 1],
+            [0, 1],
+            onsets,
+            contiguous=[False, False],
+            lead_punct=False,
+            min_len_s=0.0,
+        )
+        assert got == [[0], [1]]
+
     def test_a_word_written_into_the_one_before_keeps_the_next_words_onset_for_it(
         self,
     ) -> None:
