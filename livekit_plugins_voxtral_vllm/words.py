@@ -276,6 +276,8 @@ _BEAM = 3.0
 # A word lasts at most about this long per character, and a short one this long (slow speech
 # is 12-15 characters per second; for an end that only the word's token bounds).
 _MAX_CHAR_S = 0.1
+# A stretch of speech whose last token came this much after it ended was held back.
+_HELD_S = 0.15
 _MAX_SHORT_WORD_S = 0.3
 
 
@@ -425,6 +427,7 @@ def show_units(
         min_len_s=min_len_s,
         settled=settled,
     )
+    heard = _heard_by(units, idx, onsets, offsets, gap_s)
     prev_end = after_s
     gap = gap_s if after_word else 0.0
     i = 0
@@ -435,7 +438,7 @@ def show_units(
             k += 1
         run = units[i:k]
         head = idx[i]
-        end = run[-1].first_s
+        end = heard[k - 1]
         if head:
             start = onsets[head[0]]
             nxt: int | None = head[-1] + 1 if k - i == 1 else None
@@ -448,11 +451,11 @@ def show_units(
             end = min(end, onsets[head[-1]] + sum(_spoken_s(u) for u in run))
         else:
             words = sum(max(1, len(u.weights)) for u in run)
-            start = max(prev_end + gap, run[0].first_s - max_word_s * words)
+            start = max(prev_end + gap, heard[i] - max_word_s * words)
             if k < n and idx[k]:
                 end = min(end, onsets[idx[k][0]] - gap_s)
         gap = gap_s
-        start = max(min(start, run[0].first_s), prev_end)
+        start = max(min(start, heard[i]), prev_end)
         for off in offsets:  # the utterance ended there: its words too
             if off > start + _MIN_WORD_S:
                 end = min(end, off)
@@ -473,7 +476,7 @@ def show_units(
         t = start
         for r, u in enumerate(run):
             share = (end - start) * max(1, sum(u.weights)) / total
-            u_end = end if r == len(run) - 1 else min(u.first_s, t + share)
+            u_end = end if r == len(run) - 1 else min(heard[i + r], t + share)
             u_end = max(u_end, t + _MIN_WORD_S * max(1, len(u.weights)))
             u.starts, u.ends = [], []
             _spread(u.weights or [1], t, u_end, (u.starts, u.ends))
@@ -481,6 +484,61 @@ def show_units(
             t = u_end
         prev_end = t
         i = k
+
+
+def _heard_by(
+    units: Sequence[Unit],
+    idx: Sequence[Sequence[int]],
+    onsets: Sequence[float],
+    offsets: Sequence[float],
+    gap_s: float,
+) -> list[float]:
+    """By when each unit's words were heard, for placing them: its first token's time, less
+    how late the model wrote the stretch of speech it belongs to.
+
+    A stretch runs from a unit that took an onset to the next one (or from the first unit).
+    Its last word was heard by the stretch's end: the next onset a unit took (less
+    ``gap_s``), or the end of the utterance (the first offset after it). Whatever its last
+    token came later than that is how long the model held the stretch's text (under load,
+    after a pause), and every unit of the stretch is taken to have been held as long (never
+    before the stretch's onset; non-decreasing). When that is more than ``_HELD_S`` and the
+    stretch's onset is known, each unit's time is the mean of that and of where its words
+    end if the stretch's words share its span by length. With no end known, the token times
+    stand.
+    """
+    n = len(units)
+    heard = [u.first_s for u in units]
+    heads = [i for i in range(n) if idx[i]]
+    bounds = [0, *[h for h in heads if h > 0], n]
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        if hi <= lo:
+            continue
+        begin = onsets[idx[lo][0]] if idx[lo] else -math.inf
+        if hi < n:
+            end: float | None = onsets[idx[hi][0]] - gap_s
+        else:
+            end = next((o for o in offsets if o > max(begin, units[lo].first_s - 5.0)), None)
+        if end is None:
+            continue
+        late = units[hi - 1].first_s - end
+        if late <= 0:
+            continue
+        floor = begin
+        for k in range(lo, hi):
+            heard[k] = max(units[k].first_s - late, floor + _MIN_WORD_S)
+            floor = heard[k]
+        if late <= _HELD_S or begin == -math.inf:
+            continue
+        # Held: each unit was held between nothing and ``late``; by length, its words take
+        # their share of the stretch. Each guess is off where speech is uneven or the hold
+        # was; halfway between them is closer than either (benchmarks/real_voice_word_times)
+        total = sum(max(1, sum(u.weights)) for u in units[lo:hi])
+        said = 0
+        for k in range(lo, hi):
+            said += max(1, sum(units[k].weights))
+            share = min(units[k].first_s, begin + (end - begin) * said / total)
+            heard[k] = (heard[k] + share) / 2
+    return heard
 
 
 def _spoken_s(unit: Unit) -> float:

@@ -178,3 +178,35 @@ def test_a_held_word_ends_where_the_endpointer_heard_its_utterance_end() -> None
     final = next(e for e in events if isinstance(e, CaptionFinal))
     assert (final.words[0].start_s, final.words[0].end_s) == pytest.approx((0.3, 0.57))
     assert seg.last_word_end_s is not None and seg.last_word_end_s > 1.5  # resume: unchanged
+
+
+def test_words_held_back_are_shown_where_their_stretch_was_spoken() -> None:
+    # Real speech: one onset (0.5) and one offset (1.82) for four words; the model held each
+    # 0.40-0.45 s, so every token came that late, with empty steps between (no burst). The
+    # last token came 0.4 s after the utterance ended: the stretch was held that long.
+    truth = [(0.50, 0.75), (0.78, 1.10), (1.12, 1.40), (1.43, 1.80)]
+    held = [0.45, 0.40, 0.45, 0.42]
+    units = [
+        Unit(end + h, contiguous=False, weights=[w])
+        for (_, end), h, w in zip(truth, held, [5, 7, 6, 8], strict=True)
+    ]
+    show_units(
+        units,
+        [[True]] * 4,
+        [0] * 4,
+        [False, False, False, True],
+        [0.5],
+        [1.82],
+        0.0,
+        after_word=False,
+        settled=True,
+        lead_punct=False,
+        gap_s=0.04,
+        min_len_s=0.0,
+        max_word_s=1.0,
+    )
+    for unit, (start, end) in zip(units, truth, strict=True):
+        # (by the token times alone, up to 0.43 s late)
+        assert unit.start_s == pytest.approx(start, abs=0.05)
+        assert unit.end_s == pytest.approx(end, abs=0.05)
+    assert all(a.end_s <= b.start_s + 1e-9 for a, b in zip(units, units[1:], strict=False))
