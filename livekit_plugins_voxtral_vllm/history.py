@@ -80,6 +80,19 @@ class AudioHistory:
         idx = int(np.argmax(energy <= floor * 2.0 + 1.0))
         return lo + idx * _HOP
 
+    def loudest(self, lo: int, hi: int) -> float:
+        """The mean power of the loudest 10 ms hop of ``[lo, hi)`` (a last part hop too), over
+        what is held; 0.0 when none of it is."""
+        x = self.slice(lo, hi).astype(np.float32)
+        whole = x.size // _HOP * _HOP
+        level = 0.0
+        if whole:
+            hops = x[:whole].reshape(-1, _HOP)
+            level = float(np.max(np.einsum("ij,ij->i", hops, hops))) / _HOP
+        if whole < x.size:
+            level = max(level, float(np.mean(x[whole:] * x[whole:])))
+        return level
+
     def is_quiet(self, at: int, reach: int) -> bool:
         """Whether the 10 ms at ``at`` are a gap, not sound: at least 20 dB under the loudest
         10 ms hop within ``reach`` samples before ``at`` (True when nothing there is louder

@@ -309,13 +309,17 @@ class StreamCore:
         if self._live is not None:
             self._segmenter.receive_onset(start_sample / SAMPLE_RATE)
 
-    def speech_ended(self, end_sample: int, now: float) -> None:
-        """The endpointer saw enough silence: finish the live generation (``final``)."""
+    def speech_ended(self, end_sample: int, now: float, decided_sample: int | None = None) -> None:
+        """The endpointer saw enough silence after ``end_sample`` (the last sound): finish the
+        live generation (``final``) with the audio before ``decided_sample``, where the
+        silence was long enough (None: all the audio pushed, as the built-in endpointer's
+        glue pushes exactly that much). A LiveKit VAD may decide after more audio was pushed:
+        the audio after its decision is the next utterance's."""
         logger.debug("speech ended at %.2fs", end_sample / SAMPLE_RATE)
         self._segmenter.receive_offset(end_sample / SAMPLE_RATE)
         if self._rut is not None:
             self._rut.speech_ended(end_sample)
-        self._end_live(now)
+        self._end_live(now, decided_sample, end_sample)
 
     def flush(self, now: float) -> None:
         """End the current utterance now (LiveKit's flush, end of turn)."""
@@ -702,14 +706,63 @@ class StreamCore:
             self._order.appendleft(new)
         self._assign(now)
 
-    def _end_live(self, now: float) -> None:
+    def _end_live(
+        self, now: float, decided: int | None = None, speech_end: int | None = None
+    ) -> None:
+        """End the live utterance at ``decided`` (None: all the audio pushed), its sound at
+        ``speech_end``."""
         gen = self._live
         if gen is None:
             return
         self._live = None
-        gen.end = self._history.end
-        self._last_gen_end = gen.end
+        end = self._history.end
+        if decided is not None:
+            end = max(gen.start, min(decided, end))
+        self._last_gen_end = end  # the next utterance may start there
+        if gen.sent_until > end:  # (a LiveKit VAD decided after more audio was sent)
+            silence = end if speech_end is None else max(gen.start, min(speech_end, end))
+            gap = self._gap_level(gen.start, silence, end)
+            if self._history.loudest(end, gen.sent_until) > gap:
+                self._replay_to(gen, end, gap, now)
+                return
+            # (a gap: it heard no more than silence)
+        gen.end = max(end, gen.sent_until)
         self._feed(gen, now)
+
+    def _gap_level(self, start: int, silence: int, end: int) -> float:
+        """How loud a 10 ms hop after the utterance ``[start, end)`` may be and still be a
+        gap, not the next utterance: up to 6 dB over the silence the endpointer heard from
+        ``silence`` (noise), or 20 dB under the utterance's loudest hop."""
+        history = self._history
+        return max(history.loudest(start, end) * 0.01, history.loudest(silence, end) * 4.0) + 1.0
+
+    def _replay_to(self, gen: _Generation, end: int, gap: float, now: float) -> None:
+        """``gen`` was sent sound past its utterance's ``end`` (a LiveKit VAD decided late):
+        the next utterance's start, which it would transcribe too, or cut in a word. It is
+        stopped unheard, and what it had not finalised is replayed up to ``end`` in a new
+        generation in its place (unless that is a gap, no hop over ``gap``: its finals hold
+        all its words). Should its finals reach past ``end``, nothing is replayed and the next
+        utterance starts after them."""
+        gen.end = end
+        cut = self._replay_point(gen)
+        gen.pending.clear()
+        gen.muted = True
+        replay = cut < end and self._history.loudest(cut, end) > gap
+        logger.info(
+            "generation %d: its utterance ended at %.2fs, but it was sent sound up to %.2fs; %s",
+            gen.gid,
+            end / SAMPLE_RATE,
+            gen.sent_until / SAMPLE_RATE,
+            f"replaying it from {cut / SAMPLE_RATE:.2f}s" if replay else "its finals hold it all",
+        )
+        if replay:
+            self._continue(gen, cut, now, after=False)
+        else:
+            self._last_gen_end = max(end, cut)
+            self._remove(gen)
+        # (a VAD far behind a burst of frames: it may have been sent seconds of audio)
+        self._stop_unheard(gen, now, abort=True)
+        self._advance(now)
 
     # -- internals: server output ------------------------------------------------------------------
 
@@ -943,21 +996,25 @@ class StreamCore:
         gen.phase = _Phase.ENDED
         if gen.muted:
             return
-        if self._order and self._order[0] is gen and self._segmenter.has_open_generation:
-            resume = self._segmenter.abandon_generation()
-            resume_sample = int(resume.resume_s * SAMPLE_RATE)
-            self._lost_before_replay(gen, min(gen.start, resume_sample))
-            if resume.after_word:
-                # may lie before gen.start when gen continued a server-stopped generation
-                lo = max(self._history.start, min(gen.start, resume_sample))
-                cut = self._cut_after(resume_sample, lo, gen.sent_until)
-            else:
-                cut = max(self._history.start, min(gen.start, resume_sample))
-        else:
-            cut = gen.start  # none of its output reached the captions
+        cut = self._replay_point(gen)
         gen.pending.clear()
         self._continue(gen, cut, now, after=False)
         self._advance(now)
+
+    def _replay_point(self, gen: _Generation) -> int:
+        """Where a replay of ``gen`` starts: after its last final when its output reached the
+        captions (the open caption's text is dropped, its number kept for the replay), else
+        where it started."""
+        if not (self._order and self._order[0] is gen and self._segmenter.has_open_generation):
+            return gen.start  # none of its output reached the captions
+        resume = self._segmenter.abandon_generation()
+        resume_sample = int(resume.resume_s * SAMPLE_RATE)
+        self._lost_before_replay(gen, min(gen.start, resume_sample))
+        if resume.after_word:
+            # may lie before gen.start when gen continued a server-stopped generation
+            lo = max(self._history.start, min(gen.start, resume_sample))
+            return self._cut_after(resume_sample, lo, gen.sent_until)
+        return max(self._history.start, min(gen.start, resume_sample))
 
     def _lost_before_replay(self, gen: _Generation, want: int) -> None:
         """A replay of ``gen`` should start at ``want``: count what of ``[want, gen.end)`` the
@@ -1208,18 +1265,23 @@ class StreamCore:
         else:
             new.end = gen.end  # an utterance that had ended: the rest of it
         self._order.appendleft(new)
-        if catch_up and self._opts.abort_on_close:
+        self._stop_unheard(gen, now, abort=catch_up)
+        self._assign(now)
+
+    def _stop_unheard(self, gen: _Generation, now: float, abort: bool) -> None:
+        """Stop ``gen``, whose later output is ignored (muted): with ``abort``, close its
+        socket, which aborts its backlog on the server (vLLM >= 0.32); else (or before 0.32,
+        where closing mid-generation can orphan the engine request, §2.4) finish it and let
+        the server work through the backlog unheard."""
+        if abort and self._opts.abort_on_close:
             gen.phase = _Phase.ENDED
             lane_id, gen.lane = gen.lane, None
             if lane_id is not None and lane_id in self._lanes:
                 self._lanes[lane_id].gen = None
                 self._retire_lane(lane_id)
         else:
-            # (before vLLM 0.32, closing mid-generation can orphan the engine request, §2.4:
-            # finish it instead and let the server work through the backlog unheard)
             gen.end = gen.sent_until
             self._feed(gen, now)  # sends final: vLLM finishes it and frees the slot
-        self._assign(now)
 
     def _remove(self, gen: _Generation) -> None:
         try:

@@ -855,7 +855,10 @@ class SpeechStream(stt.RecognizeStream):
             if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                 core.speech_started(max(0, at - int(ev.speech_duration * SAMPLE_RATE)), now)
             elif ev.type == lk_vad.VADEventType.END_OF_SPEECH:
-                core.speech_ended(max(0, at - int(ev.silence_duration * SAMPLE_RATE)), now)
+                # the utterance is the audio before ``at``, where the VAD decided; what was
+                # pushed after it (a lagging VAD) is the next one's
+                end = max(0, at - int(ev.silence_duration * SAMPLE_RATE))
+                core.speech_ended(end, now, decided_sample=at)
             else:
                 continue
             self._pump()

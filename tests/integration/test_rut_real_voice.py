@@ -233,16 +233,22 @@ async def test_the_rut_with_a_livekit_vad_in_real_time(caplog: pytest.LogCapture
 async def test_a_livekit_vad_behind_a_burst_still_hears_every_utterance() -> None:
     """Frames pushed at once, then end_input(): the VAD judges them seconds later, in its
     executor. The stream waits for its verdict on all the audio before it ends, so every
-    utterance is still transcribed (before, all of them were dropped unseen)."""
+    utterance is still transcribed (before, all of them were dropped unseen), each in a
+    generation of its own that ends where the VAD ended it. Every generation was sent all the
+    audio pushed when its utterance started: one that heard the next utterance is stopped
+    (its socket closed) and replayed up to its end (before, the first generation heard all
+    three utterances and the other two nothing)."""
     clips = [espeak(*s) for s in SENTENCES[:3]]
     audio = compose([1.0, *[p for c in clips for p in (c, 1.2)], 1.0])
     run, seen, generations = await transcribe(
         audio, "livekit_silero_vad", burst=True, blank_rut_s=None
     )
     stats = run.stream.stats  # type: ignore[union-attr]
+    assert len(generations) == stats.generations
     # (START_OF_SPEECH events may merge: the next utterance can start before the last ends)
-    assert len(generations) == stats.generations == 3
-    assert all(g.final_received for g in generations)
+    heard = [g.audio_samples / RATE for g in generations if g.final_received]
+    assert len(heard) == 3
+    assert all(2.9 < s < 6.0 for s in heard), heard  # one utterance each (two: 7.3 s or more)
     assert stats.dropped_audio_s == 0
 
 

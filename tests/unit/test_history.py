@@ -244,3 +244,18 @@ def test_is_quiet_tells_a_gap_from_the_inside_of_a_word() -> None:
     quiet = AudioHistory(16000)
     quiet.append(np.zeros(1600, np.int16))
     assert quiet.is_quiet(800, 7680)  # silence everywhere is quiet
+
+
+def test_loudest_counts_every_hop_and_a_last_part_hop() -> None:
+    """The level of a stretch is its loudest 10 ms: a next word's first samples at the end of
+    the stretch, in a part hop, make it loud."""
+    tone = (8000 * np.sin(np.arange(4800) * 0.2)).astype(np.int16)  # 300 ms
+    gap = np.zeros(4000, np.int16)  # 250 ms
+    h = AudioHistory(16000 * 5)
+    h.append(np.concatenate((tone, gap, tone)))
+    word = h.loudest(0, 4800)
+    assert word == pytest.approx(8000**2 / 2, rel=0.05)
+    assert h.loudest(4800, 8800) == 0.0  # the gap
+    assert h.loudest(4800, 4800) == 0.0  # nothing
+    assert h.loudest(4800, 8800 + 20) > word * 0.1  # 20 samples of the next word
+    assert h.loudest(h.end, h.end + 100) == 0.0  # not held yet
