@@ -407,7 +407,7 @@ class CaptionSegmenter:
         events = self._check_pause(step_end_s - STEP_SECONDS)
         base = self._raw_len
         first = True
-        token_s = mid
+        token_s = likely_s = mid
         changed = False
         self._token_open = False
         for i, ch in enumerate(delta):
@@ -432,8 +432,10 @@ class CaptionSegmenter:
                     token_s = space_s
                 elif self._empty_steps and utf8_len(ch) >= 3:
                     token_s = mid - min(self._empty_steps, utf8_len(ch) - 2) * STEP_SECONDS
+                    # (shown: a character of 3 bytes is most likely one token; see Unit)
+                    likely_s = mid if utf8_len(ch) == 3 else token_s
                 first = False
-            changed |= self._add_char(ch, kind, token_s, base + i, events)
+            changed |= self._add_char(ch, kind, token_s, base + i, events, likely_s)
             self._token_open = True
             self._space_pending = self._word_closed = False
             self._token_at(mid)
@@ -598,9 +600,16 @@ class CaptionSegmenter:
         return any(w.wordish for w in self._words)
 
     def _add_char(
-        self, ch: str, kind: CharKind, token_s: float, raw_pos: int, events: list[CaptionEvent]
+        self,
+        ch: str,
+        kind: CharKind,
+        token_s: float,
+        raw_pos: int,
+        events: list[CaptionEvent],
+        likely_s: float,
     ) -> bool:
-        """Apply one non-space character; returns whether the caption text changed."""
+        """Apply one non-space character; returns whether the caption text changed.
+        ``token_s``: the step its token began in, at the earliest; ``likely_s``: most likely."""
         cur = self._words[-1] if self._words else None
         spaced = self._space_pending
         if cur is not None and not spaced and kind in _ATTACHED:
@@ -634,7 +643,9 @@ class CaptionSegmenter:
         # (next to a script without spaces, no space; nor after digits or emoji written with
         # no space in such a script: "公园2026" + "😀" is "公园2026😀")
         closed = closed and kind is not CharKind.SOLO and not last_solo and not self._glued(cur)
-        self._new_word(ch, (spaced or closed) and cur is not None, token_s, raw_pos, events)
+        self._new_word(
+            ch, (spaced or closed) and cur is not None, token_s, raw_pos, events, likely_s
+        )
         return True
 
     def _glued(self, draft: _Draft | None) -> bool:
@@ -646,7 +657,13 @@ class CaptionSegmenter:
         )
 
     def _new_word(
-        self, text: str, spaced: bool, token_s: float, raw_pos: int, events: list[CaptionEvent]
+        self,
+        text: str,
+        spaced: bool,
+        token_s: float,
+        raw_pos: int,
+        events: list[CaptionEvent],
+        likely_s: float,
     ) -> None:
         if self._words and not self._has_words():
             # punctuation that opened the segment, with no word of its own: dropped
@@ -676,7 +693,7 @@ class CaptionSegmenter:
             lo, hi = cur_unit.first_s, seen - _MIN_WORD_LEN_S + _EPS
             joins = not any(lo < o <= hi for o in self._onsets)
             if not joins and not spaced:
-                token_s = seen  # a word of its own: it ended by its own step
+                token_s = likely_s = seen  # a word of its own: it ended by its own step
         # (a caption starts no earlier than _seg_after_s: place its words only when it may be
         # too long, not on every word)
         if not joins and self._words and token_s - self._seg_after_s > self._max_segment_s:
@@ -697,6 +714,8 @@ class CaptionSegmenter:
         else:
             cur_unit = _OpenUnit(token_s, contiguous, self._generation)
             cur_unit.fresh = self._last_token_s is None
+            if likely_s > token_s:
+                cur_unit.likely_first_s = likely_s
             self._units.append(cur_unit)
             self._frozen = False
             unit_idx = len(self._units) - 1

@@ -118,10 +118,20 @@ class Unit:
     """The first unit of a generation: nothing relates its step times to the unit before."""
     weights: list[int] = field(default_factory=list)
     onset_s: float | None = None
+    likely_first_s: float | None = None
+    """Where its first token most likely came, for the shown times, when that is later than
+    ``first_s``: a character of 3 bytes after an empty step is back-dated over it in case
+    the step held its first bytes, but nearly every common CJK character and kana is one
+    Tekken token, and the empty step a pad."""
     start_s: float = 0.0
     end_s: float = 0.0
     starts: list[float] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)
+
+    @property
+    def shown_first_s(self) -> float:
+        """``likely_first_s`` if set, else ``first_s``."""
+        return self.first_s if self.likely_first_s is None else self.likely_first_s
 
 
 _MIN_WORD_S = 0.02
@@ -418,7 +428,7 @@ def show_units(
     """
     n = len(units)
     idx = align_display(
-        [u.first_s for u in units],
+        [u.shown_first_s for u in units],
         [max(1, sum(1 for b in sp[1:] if b) + 1) for sp in splits],
         [int(p) + g for p, g in zip(punct, glued, strict=True)],
         onsets,
@@ -507,7 +517,7 @@ def _heard_by(
     stand.
     """
     n = len(units)
-    heard = [u.first_s for u in units]
+    heard = [u.shown_first_s for u in units]
     heads = [i for i in range(n) if idx[i]]
     bounds = [0, *[h for h in heads if h > 0], n]
     for lo, hi in zip(bounds, bounds[1:], strict=False):
@@ -517,15 +527,15 @@ def _heard_by(
         if hi < n:
             end: float | None = onsets[idx[hi][0]] - gap_s
         else:
-            end = next((o for o in offsets if o > max(begin, units[lo].first_s - 5.0)), None)
+            end = next((o for o in offsets if o > max(begin, units[lo].shown_first_s - 5.0)), None)
         if end is None:
             continue
-        late = units[hi - 1].first_s - end
+        late = units[hi - 1].shown_first_s - end
         if late <= 0:
             continue
         floor = begin
         for k in range(lo, hi):
-            heard[k] = max(units[k].first_s - late, floor + _MIN_WORD_S)
+            heard[k] = max(units[k].shown_first_s - late, floor + _MIN_WORD_S)
             floor = heard[k]
         if late <= _HELD_S or begin == -math.inf:
             continue
@@ -536,7 +546,7 @@ def _heard_by(
         said = 0
         for k in range(lo, hi):
             said += max(1, sum(units[k].weights))
-            share = min(units[k].first_s, begin + (end - begin) * said / total)
+            share = min(units[k].shown_first_s, begin + (end - begin) * said / total)
             heard[k] = (heard[k] + share) / 2
     return heard
 

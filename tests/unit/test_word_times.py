@@ -210,3 +210,27 @@ def test_words_held_back_are_shown_where_their_stretch_was_spoken() -> None:
         assert unit.start_s == pytest.approx(start, abs=0.05)
         assert unit.end_s == pytest.approx(end, abs=0.05)
     assert all(a.end_s <= b.start_s + 1e-9 for a, b in zip(units, units[1:], strict=False))
+
+
+def test_a_cjk_character_after_pads_is_shown_at_its_own_step() -> None:
+    # "我们": each character one token, pads between (slow speech: 0.4 s a character). An
+    # empty step before a 3-byte character may have held its first bytes, so the resume
+    # point is back-dated over it; the shown end is not (common characters are one token).
+    seg = CaptionSegmenter()
+    seg.start_generation(0.0)
+    t = 0.0
+    events = []
+    deltas = [""] * 4 + ["我"] + [""] * 4 + ["们"] + [""] * 20
+    steps: dict[str, float] = {}
+    for d in deltas:
+        t += STEP
+        if d:
+            steps[d] = t - STEP / 2  # the step's middle
+        events += seg.receive_delta(d, t)
+    events += seg.finish_generation("".join(deltas), t)
+    final = next(e for e in events if isinstance(e, CaptionFinal))
+    assert [w.text for w in final.words] == ["我", "们"]
+    for w in final.words:
+        assert w.end_s == pytest.approx(steps[w.text], abs=1e-6)
+    assert seg.last_word_end_s is not None
+    assert seg.last_word_end_s <= steps["们"] - STEP + 1e-6  # (resume: conservative)
