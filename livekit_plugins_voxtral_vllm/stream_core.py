@@ -139,7 +139,9 @@ class _Generation:
     finished: bool = False
     last_activity: float = 0.0
     full: bool = False  # sent all max_model_len allows; hands over at its end
-    handed_over: bool = False  # split at its allowance: the next one carries its caption on
+    # its range ends at an allowance split: the next one carries its caption on (and so
+    # does a generation that replays the end of its range in its place)
+    handed_over: bool = False
 
 
 @dataclass(eq=False)
@@ -686,11 +688,17 @@ class StreamCore:
             self._check_capacity(gen, conn, now)
 
     def _split_at(
-        self, gen: _Generation, conn: RealtimeConnection, start: int, now: float, why: str
+        self,
+        gen: _Generation,
+        conn: RealtimeConnection,
+        start: int,
+        now: float,
+        why: str,
+        hand_over: bool = False,
     ) -> None:
         """Finish ``gen`` where its audio stops and carry on from ``start`` (where it stops,
         or, when it lost audio it was owed, what the history still holds) in a new
-        generation, right behind it."""
+        generation, right behind it (``hand_over``: which carries ``gen``'s caption on)."""
         rest_end = gen.end
         gen.end = gen.sent_until
         conn.finish_generation(now)
@@ -698,6 +706,7 @@ class StreamCore:
         logger.info("generation %d: %s; continuing from %.2fs", gen.gid, why, start / SAMPLE_RATE)
         new = self._new_generation(start, now, f"{why}, after {gen.gid}", end=rest_end)
         new.end = rest_end
+        new.handed_over, gen.handed_over = gen.handed_over, hand_over
         if self._live is gen:
             self._live = new
         if gen in self._order:
@@ -1027,7 +1036,7 @@ class StreamCore:
         """A new generation over ``[cut, old.end)`` that takes ``old``'s place in caption order
         (``after``: right behind ``old``, whose captions are still to be released)."""
         new = self._new_generation(cut, now, f"continuing {old.gid}", end=old.end)
-        new.end = old.end
+        new.end, new.handed_over = old.end, old.handed_over
         if old.end is None and self._live is old:
             self._live = new
         if old in self._order:
@@ -1173,8 +1182,7 @@ class StreamCore:
                     self._roll_over(gen, now, reason=AT_LIMIT)
                 return
             self.stats.rollovers += 1
-            gen.handed_over = True
-            self._split_at(gen, conn, gen.sent_until, now, "its allowance is used")
+            self._split_at(gen, conn, gen.sent_until, now, "its allowance is used", True)
             return
         if conn.lag_steps > 2:
             # The cut must fall in audio the server has transcribed; until it catches up,
@@ -1264,6 +1272,7 @@ class StreamCore:
             self._live = new
         else:
             new.end = gen.end  # an utterance that had ended: the rest of it
+            new.handed_over = gen.handed_over
         self._order.appendleft(new)
         self._stop_unheard(gen, now, abort=catch_up)
         self._assign(now)

@@ -17,7 +17,7 @@ import pytest
 from livekit_plugins_voxtral_vllm.testing import RealtimeEngine, StepMath, synthesize
 from livekit_plugins_voxtral_vllm.testing.speech import ToneDecoder
 
-from .test_stream_core import harness
+from .test_stream_core import Harness, harness
 
 pytest.importorskip("mistral_common", reason="the real-token mode needs the [emulator] extra")
 
@@ -82,3 +82,47 @@ def test_rollover_after_a_character_split_off_by_the_next_words_onset(version: s
     assert h.core.finished
     assert h.core.stats.rollovers >= 1
     assert "".join(f.caption.text for f in h.finals()) == speech.text.strip()
+
+
+def _stopped(
+    script: str, max_model_len: int, steps: list[int], language: str = "ja", delay: int = 480
+) -> Harness:
+    """Dense ``script`` at ``max_model_len``, the client told, while vLLM stops the
+    generations of engine ``i`` after ``steps[i]`` steps (a lower max_model_len it was not
+    told, as the sweep's ``--stop-every 62,80`` does); ``end_input()`` right after the audio."""
+    prompt = StepMath(delay).prompt_tokens
+
+    def stop(engine: RealtimeEngine, index: int) -> None:
+        engine.math = StepMath(delay, prompt + steps[index % len(steps)])
+
+    h = harness(
+        on_engine=stop,
+        transcription_delay_ms=delay,
+        max_model_len=max_model_len,
+        engine_max_model_len=max_model_len,
+        decoder_factory=lambda: ToneDecoder(16000, language=language),
+    )
+    h.push(synthesize(script, language=language).samples)
+    h.end()
+    h.advance(5.0)
+    return h
+
+
+def test_full_stop_after_an_allowance_split_whose_generation_vllm_stopped() -> None:
+    """A generation split at its allowance (the next one carries its caption on) was then
+    stopped by vLLM inside its last word, and the generation replaying that word took its
+    place, but not the hand-over: it closed the caption when it finished, and the next
+    generation's first token, the full stop, had no caption to join and was dropped
+    (limits_sweep --delays 480 --stop-every 62,80, seeds 417 and 1613)."""
+    script = (
+        "😀 <pause:900> ラーメン <pause:900> ラーメン 😀 ラーメン 2026 <pause:1500> ラーメン "
+        "ラーメン <pause:1500> スライド ラーメン 2026 <pause:900> スライド <pause:900> 始まります "
+        "<pause:400> 新幹線 <pause:400> 新幹線 コーヒー <pause:150> 新幹線 <pause:400> ラーメン "
+        "<pause:150> スライド 始まります 新幹線 <pause:400> 😀 2026 。"
+    )
+    h = _stopped(script, 125, [72, 64, 74, 67, 73, 73, 72, 66])
+    assert h.core.finished
+    assert h.core.stats.rollovers >= 1 and h.core.stats.unsolicited_done >= 1
+    assert h.core.stats.dropped_punctuation == 0
+    want = synthesize(script, language="ja").text.strip()
+    assert "".join(f.caption.text for f in h.finals()) == want
