@@ -795,7 +795,12 @@ class CaptionSegmenter:
                 # may be one word however the onsets split them: replay them all.
                 while idx > 0 and (self._solo_chain(idx) or self._glued_before(idx)):
                     idx -= 1
-                while idx > 1 and self._solo_meet(idx) and self._solo_chain(idx - 1):
+                while (
+                    idx > 1
+                    and self._solo_meet(idx)
+                    and self._solo_chain(idx - 1)
+                    and not self._owns_onset(idx)
+                ):
                     # The unit before it was split off its run by an onset, which may be
                     # this word's instead (the run's last character still coming out when
                     # this word began): that run is replayed too, from before its start
@@ -871,6 +876,21 @@ class CaptionSegmenter:
         # without spaces; digits and emoji there ("会议😀2026") meet the same way.
         first = next(w for w in self._words if w.unit == idx)
         return not first.spaced
+
+    def _owns_onset(self, idx: int) -> bool:
+        """Whether unit ``idx``, which came after an empty step (not backed up), surely began
+        at the onset it was given: its first token came at least a shortest word after it.
+        A word's first token comes at the step that covers its end, so an onset that late is
+        no later word's; and the onset of the unit before it, which is earlier, is not this
+        unit's. (With no onset, or one too close to its first token for a word to fit, its
+        sound may have begun earlier, at the onset the unit before it took.)"""
+        unit = self._units[idx]
+        onset = unit.onset_s
+        return (
+            not unit.contiguous
+            and onset is not None
+            and unit.first_s - onset >= _MIN_WORD_LEN_S - _EPS
+        )
 
     def _glued_before(self, idx: int) -> bool:
         """Whether unit ``idx`` meets unit ``idx - 1`` with no space and that unit ends in

@@ -126,3 +126,41 @@ def test_full_stop_after_an_allowance_split_whose_generation_vllm_stopped() -> N
     assert h.core.stats.dropped_punctuation == 0
     want = synthesize(script, language="ja").text.strip()
     assert "".join(f.caption.text for f in h.finals()) == want
+
+
+@pytest.mark.parametrize(
+    ("script", "max_model_len", "steps"),
+    [
+        (  # 新幹線 came out as 新 (limits_sweep --delays 480 --stop-every 62,80, seed 480)
+            "スライド 新幹線 コーヒー <pause:1500> コーヒー 😀 😀 聞こえます <pause:400> "
+            "聞こえます 2026 聞こえます 聞こえます <pause:400> 😀 <pause:150> 2026 コーヒー "
+            "始まります <pause:400> 新幹線 <pause:400> 始まります <pause:900> コーヒー "
+            "聞こえます <pause:1500> ラーメン 。",
+            157,
+            [74, 80, 71, 78, 76, 68],
+        ),
+        (  # 2026 came out as 202 (seed 744)
+            "2026 <pause:1500> 聞こえます ラーメン 新幹線 😀 <pause:400> 新幹線 😀 2026 "
+            "<pause:400> ラーメン スライド <pause:150> ラーメン スライド <pause:400> 2026 😀 "
+            "始まります <pause:1500> スライド 新幹線 <pause:1500> 始まります <pause:150> "
+            "コーヒー <pause:150> 始まります 。",
+            155,
+            [71, 79, 72, 78, 65, 62],
+        ),
+    ],
+    ids=["新幹線", "2026"],
+)
+def test_stopped_inside_a_word_after_dense_speech_replays_that_word(
+    script: str, max_model_len: int, steps: list[int]
+) -> None:
+    """vLLM stopped a generation of dense Japanese inside a word that came out alone, after
+    a pause, at least a shortest word after its own onset. Taking it out, the segmenter also
+    took out the run it came behind (as if that run had taken this word's onset), then that
+    run's own, and so on back to the generation's start: a replay from there would make no
+    progress, so the incomplete word was kept as it was and the rest of it lost. A unit that
+    surely began at its onset now ends the chain, and only the word is replayed."""
+    h = _stopped(script, max_model_len, steps)
+    assert h.core.finished
+    assert h.core.stats.unsolicited_done >= 1
+    want = synthesize(script, language="ja").text.strip()
+    assert "".join(f.caption.text for f in h.finals()) == want
