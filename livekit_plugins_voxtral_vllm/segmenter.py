@@ -146,6 +146,9 @@ class ResumePoint:
     before_s: float | None = field(default=None, compare=False)
     """Set when an incomplete word was taken out of the caption: where that word's sound
     began (estimated). The replay must start by then, so the next generation hears it whole."""
+    units: int = field(default=0, compare=False)
+    """How many stretches of sound (the incomplete word's, and the runs replayed with it) were
+    taken out (see :meth:`CaptionSegmenter.peek_resume`)."""
 
 
 _DEFAULT_OPTIONS = SegmenterOptions()
@@ -504,7 +507,11 @@ class CaptionSegmenter:
         return events
 
     def continue_generation(
-        self, done_text: str | None, *, keep_incomplete: bool = False
+        self,
+        done_text: str | None,
+        *,
+        keep_incomplete: bool = False,
+        most_units: int | None = None,
     ) -> tuple[list[CaptionEvent], ResumePoint | None]:
         """The server ended the generation by itself (max_model_len) while speech went on,
         and the next generation carries on from where it stopped.
@@ -528,7 +535,7 @@ class CaptionSegmenter:
         if done_text is not None and _normalise(done_text) != _normalise(raw):
             # text we cannot trust to carry over: settle it like a normal end
             return self.finish_generation(done_text, self._last_step_s or self._gen_start_s), None
-        resume = self._cut_incomplete(keep_incomplete)
+        resume = self._cut_incomplete(keep_incomplete, most_units)
         last_text, ends_sentence = self._last_text_step_s, self._ends_sentence
         gen_start, final_end = self._gen_start_s, self._gen_final_end_s
         self._gen_open = False
@@ -541,7 +548,9 @@ class CaptionSegmenter:
             events.append(CaptionInterim(self._segment, self._text, self._words[-1].end_s))
         return events, resume
 
-    def roll_over(self, *, keep_incomplete: bool = False) -> tuple[list[CaptionEvent], ResumePoint]:
+    def roll_over(
+        self, *, keep_incomplete: bool = False, most_units: int | None = None
+    ) -> tuple[list[CaptionEvent], ResumePoint]:
         """Close the generation early at a cut (rollover before max_model_len, catch-up):
         the open segment's complete words are finalised, an incomplete last word is taken
         out (its segment number is kept when nothing else was finalised), and the returned
@@ -551,13 +560,16 @@ class CaptionSegmenter:
             InvalidState: no generation is open.
         """
         self._require_generation("roll_over")
-        resume = self._cut_incomplete(keep_incomplete)
+        resume = self._cut_incomplete(keep_incomplete, most_units)
         events: list[CaptionEvent] = []
         if self._has_words():
             events.append(self._finalise(self._raw_len, cut=True))
             end = self._gen_final_end_s
             resume = ResumePoint(
-                resume.resume_s if end is None else end, None, before_s=resume.before_s
+                resume.resume_s if end is None else end,
+                None,
+                before_s=resume.before_s,
+                units=resume.units,
             )
         else:
             self._drop_punctuation_only()
@@ -764,11 +776,15 @@ class CaptionSegmenter:
                 draft.start_s = draft.end_s = prev
             prev = draft.end_s
 
-    def _cut_incomplete(self, keep: bool = False, dry_run: bool = False) -> ResumePoint:
+    def _cut_incomplete(
+        self, keep: bool = False, most_units: int | None = None, dry_run: bool = False
+    ) -> ResumePoint:
         """Take an incomplete last word, with the unit it belongs to, out of the open segment
         (only if this generation produced it, and unless ``keep``); where the next generation
-        must start. ``dry_run``: only say where (nothing changes)."""
+        must start. ``most_units``: take out at most this many units (None: all that the
+        word's run reaches back to). ``dry_run``: only say where (nothing changes)."""
         dropped: _OpenUnit | None = None
+        taken = 0
         kept = self._words
         cut_from = len(self._units)
         if self._space_pending and self._space_s is not None and not keep:
@@ -808,8 +824,11 @@ class CaptionSegmenter:
                     idx -= 1
                     while idx > 0 and (self._solo_chain(idx) or self._glued_before(idx)):
                         idx -= 1
+                if most_units is not None:
+                    idx = max(idx, len(units) - most_units)
                 kept = [w for w in self._words if w.unit < idx]
                 dropped, cut_from = units[idx], idx
+                taken = len(units) - idx
         if dropped is not None and not dry_run:
             self._words = kept
             del self._units[cut_from:]
@@ -837,9 +856,9 @@ class CaptionSegmenter:
                 # in the gap before the kept word). (Only with that bound: the onset may be
                 # the next word's when the output backed up.)
                 end = max(end, min(onset + _MIN_WORD_LEN_S, before))
-            return ResumePoint(end, self._segment, before_s=before)
+            return ResumePoint(end, self._segment, before_s=before, units=taken)
         if self._gen_final_end_s is not None:
-            return ResumePoint(self._gen_final_end_s, self._segment, before_s=before)
+            return ResumePoint(self._gen_final_end_s, self._segment, before_s=before, units=taken)
         if dropped is None and not keep:
             # No word came out: speech that began after the last word may still be on its
             # way (a character's first tokens are held as empty deltas). Resume before it.
@@ -852,7 +871,7 @@ class CaptionSegmenter:
         if dropped is not None:
             # no word before it in this generation: from a little before where it began
             at = max(self._seg_after_s, self._gen_start_s, dropped.start_s - 0.3)
-            return ResumePoint(at, self._segment, after_word=False, before_s=before)
+            return ResumePoint(at, self._segment, after_word=False, before_s=before, units=taken)
         return ResumePoint(self._gen_start_s, self._segment, after_word=False)
 
     def _after_step(self) -> float:
@@ -903,15 +922,22 @@ class CaptionSegmenter:
         last = [w for w in self._words if w.unit == idx - 1][-1]
         return not last.spaced and char_kind(last.text[-1]) is CharKind.TEXT
 
-    def peek_resume(self, *, keep_incomplete: bool = False) -> ResumePoint:
+    def peek_resume(
+        self, *, keep_incomplete: bool = False, most_units: int | None = None
+    ) -> ResumePoint:
         """Where :meth:`roll_over` or :meth:`continue_generation` would resume (with the
-        same ``keep_incomplete``); nothing changes.
+        same ``keep_incomplete`` and ``most_units``); nothing changes.
+
+        An incomplete last word of a script without spaces is taken out with the runs it
+        may belong to (see :meth:`_cut_incomplete`); in dense speech they can reach back to
+        the generation's start. ``most_units`` caps how many units go (the word's own, then
+        the nearest runs); :attr:`ResumePoint.units` says how many did.
 
         Raises:
             InvalidState: no generation is open.
         """
         self._require_generation("peek_resume")
-        return self._cut_incomplete(keep_incomplete, dry_run=True)
+        return self._cut_incomplete(keep_incomplete, most_units, dry_run=True)
 
     def _sound_end(self, end_s: float) -> float:
         """Where to resume after a word ending at ``end_s``: after the step of the

@@ -23,8 +23,9 @@ How an utterance becomes captions:
 The core decides *what* to do; when a threshold is crossed is asked of small policies, each
 in its own module: :class:`~.context_budget.ContextBudget` (max_model_len),
 :class:`~.generation_cap.GenerationCap` (long generations), :class:`~.lag.LagWatch`
-(backpressure), :class:`~.reconnect.ReconnectBackoff` (an unreachable server) and
-:class:`~.rut.RutDetector` (vLLM's blank-token rut).
+(backpressure), :class:`~.reconnect.ReconnectBackoff` (an unreachable server),
+:class:`~.rut.RutDetector` (vLLM's blank-token rut) and :func:`~.replay_depth.replay_depth`
+(how much a stopped generation's next one replays).
 
 Nothing here blocks or touches a socket; ``now`` is monotonic seconds from the glue.
 """
@@ -75,6 +76,7 @@ from .log import logger
 from .protocol import SAMPLE_RATE, STEP_SAMPLES, ErrorCode, ErrorKind, Usage, describe_refusal
 from .push_clock import PushClock
 from .reconnect import ReconnectBackoff
+from .replay_depth import replay_depth
 from .rut import RutDetector, RutSignal
 from .segmenter import (
     CaptionEvent,
@@ -875,8 +877,10 @@ class StreamCore:
             resume: ResumePoint | None = None
             if gen.continued:
                 transcribed_end = gen.start + ev.steps * STEP_SAMPLES
-                keep = self._no_progress(gen, transcribed_end, gen.sent_until)
-                captions, resume = seg.continue_generation(ev.text, keep_incomplete=keep)
+                keep, most = self._replay(gen, transcribed_end, gen.sent_until)
+                captions, resume = seg.continue_generation(
+                    ev.text, keep_incomplete=keep, most_units=most
+                )
             elif gen.handed_over:
                 # Split at a quiet point at its allowance: its words are whole, and the
                 # caption stays open, like after a rollover, so the next generation's first
@@ -1075,18 +1079,17 @@ class StreamCore:
 
     # -- internals: cut points, rollover, lag ----------------------------------------------------
 
-    def _no_progress(self, gen: _Generation, transcribed_end: int, limit: int) -> bool:
-        """Whether replaying ``gen``'s incomplete last word would start the next generation
-        where ``gen`` started (the word filled it): then the word is kept as it is rather than
-        replayed forever."""
-        resume = self._segmenter.peek_resume()
-        if resume.before_s is None:
-            return False  # nothing to take out
-        cut = self._resume_cut(gen, resume, transcribed_end, limit)
-        if cut > gen.start + STEP_SAMPLES:
-            return False
-        logger.info("generation %d: one word filled it; keeping it as it is", gen.gid)
-        return True
+    def _replay(
+        self, gen: _Generation, transcribed_end: int, limit: int
+    ) -> tuple[bool, int | None]:
+        """What the generation after ``gen`` replays of its incomplete last word (see
+        replay_depth.py): (keep it as it is, at most how many units to take out)."""
+        start = gen.start + STEP_SAMPLES
+        return replay_depth(
+            lambda most: self._segmenter.peek_resume(most_units=most),
+            lambda point: self._resume_cut(gen, point, transcribed_end, limit) > start,
+            gen.gid,
+        )
 
     def _resume_cut(
         self, gen: _Generation, resume: ResumePoint | None, transcribed_end: int, limit: int
@@ -1224,6 +1227,7 @@ class StreamCore:
         seg = self._segmenter
         resume: ResumePoint | None = None
         keep = False
+        most: int | None = None
         if not catch_up:
             # A rollover must move on: a cut where gen started (a word still coming out
             # filled it) would start it over forever. Wait for more output, unless gen can
@@ -1238,8 +1242,11 @@ class StreamCore:
                 )
                 if not full or transcribed_end <= gen.start:
                     return
-                keep = True
-                logger.info("generation %d: one word filled it; keeping it as it is", gen.gid)
+                keep, most = (
+                    self._replay(gen, transcribed_end, transcribed_end)
+                    if peek is not None
+                    else (True, None)
+                )
         if seg.has_open_generation:
             # An incomplete last word goes to the next generation. Catch-up closes the caption
             # (audio is dropped after it); a rollover keeps it open, so the next generation's
@@ -1247,7 +1254,9 @@ class StreamCore:
             if catch_up:
                 captions, resume = seg.roll_over(keep_incomplete=keep)
             else:
-                captions, resume = seg.continue_generation(None, keep_incomplete=keep)
+                captions, resume = seg.continue_generation(
+                    None, keep_incomplete=keep, most_units=most
+                )
             self._emit_captions(captions, now)
         if catch_up:
             # the backlog after the last whole word is dropped (a word it cut is not shown)

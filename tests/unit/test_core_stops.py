@@ -164,3 +164,24 @@ def test_stopped_inside_a_word_after_dense_speech_replays_that_word(
     assert h.core.stats.unsolicited_done >= 1
     want = synthesize(script, language="ja").text.strip()
     assert "".join(f.caption.text for f in h.finals()) == want
+
+
+def test_stopped_after_dense_speech_whose_runs_reach_back_to_its_start() -> None:
+    """vLLM stopped a generation of dense Japanese right after "😀😀202620262026😀" (six
+    spoken words written as one, its onset taken by the run before it). Every run before it
+    may be part of it (each came right behind the one before, or is a glued digit run), back
+    to the generation's start: a replay from there makes no progress, so the run was kept as
+    it was, and the next generation started after its first spoken word, by its placed end,
+    and wrote the other five again (limits_sweep --delays 480 --stop-every 62,80, seed 3128).
+    The runs nearest it that still move on are now replayed with it."""
+    script = (
+        "新幹線 <pause:400> コーヒー <pause:900> 聞こえます コーヒー <pause:900> ラーメン 2026 "
+        "<pause:150> ラーメン <pause:150> 2026 <pause:400> 始まります コーヒー コーヒー 😀 "
+        "<pause:400> 😀 2026 <pause:150> 2026 <pause:400> 2026 <pause:400> 😀 ラーメン "
+        "<pause:150> 始まります 。"
+    )
+    h = _stopped(script, 128, [62, 65, 78, 71, 77, 79])
+    assert h.core.finished
+    assert h.core.stats.unsolicited_done >= 1
+    want = synthesize(script, language="ja").text.strip()
+    assert "".join(f.caption.text for f in h.finals()) == want
