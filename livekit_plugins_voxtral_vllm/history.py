@@ -101,10 +101,5 @@ class AudioHistory:
             return False
         here = self.slice(at, at + _HOP).astype(np.float32)
         level = float(np.mean(here * here))
-        lo = max(self.start, at - reach)
-        n_hops = (at - lo) // _HOP
-        if n_hops <= 0:
-            return level <= 1.0
-        x = self.slice(at - n_hops * _HOP, at).astype(np.float32).reshape(n_hops, _HOP)
-        loudest = float(np.max(np.einsum("ij,ij->i", x, x))) / _HOP
-        return level <= loudest * 0.01 + 1.0
+        n_hops = (at - max(self.start, at - reach)) // _HOP
+        return level <= self.loudest(at - n_hops * _HOP, at) * 0.01 + 1.0
