@@ -2,23 +2,23 @@
 
 espeak-ng reports, as it synthesizes, an event at the start of each word and of each phoneme
 (pauses included) with its sample position. This module calls ``libespeak-ng.so.1`` (Debian's
-``espeak-ng`` installs it) through ctypes, and returns 16 kHz audio (resampled by sox) with
-each word's start (its first phoneme) and end (the next pause phoneme or the next word's
-first phoneme), for measuring word times against real, coarticulated speech.
+``espeak-ng`` installs it) through ctypes, and returns 16 kHz audio with each word's start
+(its first phoneme) and end (the next pause phoneme or the next word's first phoneme), for
+measuring word times against real, coarticulated speech.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
+import soxr
+from _endpointing_audio import RATE, to_pcm
 
-RATE = 16000
 _WORD, _END, _PHONEME = 1, 5, 7
 _SYNCHRONOUS = 2
 _PHONEME_EVENTS, _DONT_EXIT = 0x0001, 0x8000
@@ -174,11 +174,4 @@ def _last_sound(audio: npt.NDArray[np.int16], rate: int, start: int, end: int) -
 
 
 def _to_16k(audio: npt.NDArray[np.int16], rate: int) -> npt.NDArray[np.int16]:
-    raw = ["-t", "raw", "-e", "signed", "-b", "16", "-c", "1"]
-    out = subprocess.run(
-        ["sox", *raw, "-r", str(rate), "-", *raw, "-r", str(RATE), "-"],
-        input=audio.tobytes(),
-        capture_output=True,
-        check=True,
-    ).stdout
-    return np.frombuffer(out, np.int16).copy()
+    return to_pcm(soxr.resample(audio.astype(np.float64) / 32768.0, rate, RATE))
