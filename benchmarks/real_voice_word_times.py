@@ -71,7 +71,13 @@ class Clip:
     words: list[SpokenWord]
 
 
-def make_clip(language: str, voice: str, wpm: int, sentences: tuple[str, ...]) -> Clip:
+def make_clip(
+    language: str,
+    voice: str,
+    wpm: int,
+    sentences: tuple[str, ...],
+    noise_dbfs: float = NOISE_DBFS,
+) -> Clip:
     parts: list[npt.NDArray[np.int16]] = [np.zeros(int(0.5 * RATE), np.int16)]
     words: list[SpokenWord] = []
     pos = parts[0].size
@@ -85,7 +91,7 @@ def make_clip(language: str, voice: str, wpm: int, sentences: tuple[str, ...]) -
         pos += spoken.samples.size + int(PAUSE_S * RATE)
     signal = np.concatenate(parts).astype(np.float64)
     rng = np.random.default_rng(0)  # (also makes every stretch of the clip unique)
-    signal += rng.normal(0.0, 32768.0 * 10 ** (NOISE_DBFS / 20), signal.size)
+    signal += rng.normal(0.0, 32768.0 * 10 ** (noise_dbfs / 20), signal.size)
     samples = np.clip(np.round(signal), -32768, 32767).astype(np.int16)
     return Clip(language, samples, words)
 
@@ -196,11 +202,14 @@ async def run_one(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--endpointers", default="silero,energy")
+    parser.add_argument(
+        "--noise-dbfs", type=float, default=NOISE_DBFS, help="white noise, RMS (-60)"
+    )
     args = parser.parse_args()
     if not available():
         raise SystemExit("needs Debian's espeak-ng (libespeak-ng.so.1) and sox")
     os.environ.pop("VOXTRAL_VLLM_ENDPOINTER", None)
-    clips = [make_clip(*c) for c in CLIPS]
+    clips = [make_clip(*c, noise_dbfs=args.noise_dbfs) for c in CLIPS]
     rows = []
     for endpointer in args.endpointers.split(","):
         for hold in (0.0, 0.5, 1.0):
